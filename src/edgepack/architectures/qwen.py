@@ -1,0 +1,37 @@
+"""Qwen2 (attention biases on q/k/v) and Qwen3 (per-head q/k RMSNorm, no biases)."""
+
+from edgepack.architectures import ArchSpec, register
+from edgepack.architectures._tiny import TINY
+
+
+def tiny_qwen2(**overrides):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(**{**{k: v for k, v in TINY.items() if k != "head_dim"}, "tie_word_embeddings": True,
+                          **overrides})
+
+
+def tiny_qwen3(**overrides):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(**{**TINY, "tie_word_embeddings": True, **overrides})
+
+
+QWEN2 = register(
+    ArchSpec(
+        name="qwen2",
+        model_types=("qwen2",),
+        hf_architectures=("Qwen2ForCausalLM",),
+        tiny_config=tiny_qwen2,
+        features=frozenset({"attention_bias", "tied_embeddings"}),
+    )
+)
+QWEN3 = register(
+    ArchSpec(
+        name="qwen3",
+        model_types=("qwen3",),
+        hf_architectures=("Qwen3ForCausalLM",),
+        tiny_config=tiny_qwen3,
+        features=frozenset({"qk_norm", "tied_embeddings"}),
+    )
+)

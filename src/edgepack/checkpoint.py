@@ -1,0 +1,245 @@
+"""Stage 1, load: resolve MODEL (local folder, .gguf file or hub id) to a checked local checkpoint.
+
+Safe by default. Nothing of the checkpoint executes while it is resolved: config.json is read as plain JSON,
+pickled weights are refused unless ``allow_pickle``, custom code (``auto_map``) unless ``trust_remote_code``,
+and every safetensors header is checked before any weight is loaded. The model loads in the checkpoint's own
+dtype (``load_model``); callers cast what they need, module by module, instead of copying the whole model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from edgepack.architectures import ArchSpec, spec_for
+from edgepack.errors import CheckpointError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class Checkpoint:
+    source: str  # what the user passed
+    path: Path  # a local Hugging Face folder
+    config_dict: dict[str, Any]
+    spec: ArchSpec
+    weight_files: list[Path]
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+
+    @property
+    def model_id(self) -> str:
+        return self.extra.get("model_id") or self.config_dict.get("_name_or_path") or self.source
+
+    @property
+    def dtype(self) -> str:
+        return str(self.config_dict.get("dtype") or self.config_dict.get("torch_dtype") or "float32")
+
+    @property
+    def context_length(self) -> int:
+        return int(self.config_dict.get("max_position_embeddings") or 2048)
+
+    @property
+    def sliding_window(self) -> int | None:
+        window = self.config_dict.get("sliding_window")
+        return int(window) if window else None
+
+    @property
+    def tokenizer_files(self) -> dict[str, Path]:
+        return {n: self.path / n for n in TOKENIZER_FILES if (self.path / n).is_file()}
+
+    @cached_property
+    def weights_digest(self) -> str:
+        """sha256 over the weight files in name order: identifies the weights in manifests and caches."""
+        h = hashlib.sha256()
+        for f in sorted(self.weight_files):
+            h.update(f.name.encode())
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+        return "sha256:" + h.hexdigest()
+
+    @cached_property
+    def num_parameters(self) -> int:
+        return sum(_count_params(f) for f in self.weight_files if f.suffix == ".safetensors")
+
+    def load_model(self, dtype: str | None = None):
+        """The eager transformers model, in eval mode, in the checkpoint's dtype unless ``dtype`` is given."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch_dtype = getattr(torch, dtype) if dtype else "auto"
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.path,
+                dtype=torch_dtype,
+                use_safetensors=not self.allow_pickle or None,
+                trust_remote_code=self.trust_remote_code,
+                attn_implementation="sdpa",
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"Could not load the weights in {self.path}: {exc}") from None
+        return model.eval()
+
+
+def resolve(model: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Checkpoint:
+    """Find and check a checkpoint without loading its weights."""
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.suffix == ".gguf":
+        from edgepack.gguf import convert_gguf
+
+        if not path.is_file():
+            raise CheckpointError(f"GGUF file {path} does not exist.")
+        folder = convert_gguf(path)
+        return _check_folder(folder, text, allow_pickle, trust_remote_code, {"gguf": str(path.resolve())})
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is a file, not a model folder. Pass a Hugging Face folder or a .gguf file.")
+        return _check_folder(path, text, allow_pickle, trust_remote_code, {})
+    if _HUB_ID.match(text):
+        folder = _download(text, allow_pickle)
+        return _check_folder(folder, text, allow_pickle, trust_remote_code, {"model_id": text})
+    raise CheckpointError(
+        f"{text} is neither a local folder, a .gguf file nor a hub id (owner/name). Pass a local folder."
+    )
+
+
+def _check_folder(
+    path: Path, source: str, allow_pickle: bool, trust_remote_code: bool, extra: dict
+) -> Checkpoint:
+    config_dict = _read_config(path)
+    if config_dict.get("auto_map") and not trust_remote_code:
+        raise CheckpointError(
+            f"{path} needs custom code (auto_map in config.json). edgepack did not run it; "
+            "review the code and pass --trust-remote-code to allow it."
+        )
+    spec = spec_for(_ConfigView(config_dict))
+    weights = _weight_files(path, allow_pickle)
+    return Checkpoint(source, path, config_dict, spec, weights, allow_pickle, trust_remote_code, extra)
+
+
+class _ConfigView:
+    """Enough of a config for the registry lookup, built from JSON without importing transformers."""
+
+    def __init__(self, d: dict):
+        self.model_type = d.get("model_type")
+        self.architectures = d.get("architectures")
+
+
+def _read_config(path: Path) -> dict:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise CheckpointError(
+            f"{path} has no config.json. Pass a Hugging Face model folder (config.json + *.safetensors) "
+            "or a .gguf file."
+        )
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg} is not valid JSON ({exc}). Re-download or fix the file.") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cfg} must hold a JSON object.")
+    # Multimodal wrappers (e.g. Gemma 3) keep the language model's settings in text_config.
+    return data
+
+
+def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = _indexed_files(index)
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    if files:
+        for f in files:
+            check_safetensors(f)
+        return files
+    pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not allow_pickle:
+        raise CheckpointError(
+            f"{path} has only pickled weights ({', '.join(p.name for p in pickles)}), which can run arbitrary "
+            "code when loaded. Convert them to safetensors, or pass --allow-pickle if you trust the source."
+        )
+    if pickles:
+        return pickles
+    raise CheckpointError(f"{path} has no weights (*.safetensors). Pass a complete Hugging Face model folder.")
+
+
+def _indexed_files(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index} is not a valid safetensors index ({exc}).") from None
+    files = sorted({index.parent / name for name in weight_map.values()})
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"{index.parent} is missing shards listed in its index: {', '.join(missing)}.")
+    return files
+
+
+def check_safetensors(path: Path) -> dict:
+    """Parse the header and check that every tensor's bytes are in the file; return the header."""
+    size = path.stat().st_size
+    bad = f"{path} is corrupt or truncated"
+    with path.open("rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"{bad} (no header). Re-download it.")
+        (n,) = struct.unpack("<Q", raw)
+        if n > min(size - 8, 100 << 20):
+            raise CheckpointError(f"{bad} (header length {n} exceeds the file). Re-download it.")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"{bad} (unreadable header). Re-download it.") from None
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise CheckpointError(f"{bad}: tensors need {8 + n + end} bytes, the file has {size}. Re-download it.")
+    return header
+
+
+def _count_params(path: Path) -> int:
+    import math
+
+    header = check_safetensors(path)
+    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+
+
+def _download(repo_id: str, allow_pickle: bool) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model"]
+    if allow_pickle:
+        patterns += ["*.bin"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"{repo_id} was not found on the Hugging Face hub (or needs a token).") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise CheckpointError(
+            f"Could not download {repo_id} from the Hugging Face hub ({type(exc).__name__}). "
+            "If you are offline, download the model elsewhere and pass its local folder."
+        ) from None

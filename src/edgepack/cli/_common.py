@@ -1,0 +1,49 @@
+"""What every command shares: error handling at the CLI boundary and output helpers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from edgepack.errors import EdgepackError
+
+
+def handle_errors(fn):
+    """Turn an EdgepackError into ``error: <message>`` on stderr and its exit code; no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgepackError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper
+
+
+def print_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def quiet_libraries() -> None:
+    """Silence the progress bars and warnings of transformers/torch; edgepack reports progress itself."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
+    for name in ("torch", "torchao", "transformers", "executorch", "coremltools", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass

@@ -1,0 +1,90 @@
+"""Typed, validated YAML/JSON data: recipes, device profiles, fallback configs, matrix configs.
+
+Every model here forbids unknown keys. Loading collects every problem in a file and raises one
+``ConfigError`` naming the file, the key path and the allowed keys or values.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgepack.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base for every config model: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def read_data(path: Path, error: type[ConfigError] = ConfigError) -> Any:
+    """Parse a YAML or JSON file, turning syntax errors into a ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(str(path), [f"cannot read file: {exc.strerror or exc}"]) from None
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise error(str(path), [f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"]) from None
+
+
+def validate(model: type[M], data: Any, source: str, error: type[ConfigError] = ConfigError) -> M:
+    """Build ``model`` from ``data`` or raise ``error`` listing every problem at once."""
+    if not isinstance(data, dict):
+        raise error(source, [f"expected a mapping at the top level, got {type(data).__name__}"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(source, [_describe(model, e) for e in exc.errors()]) from None
+
+
+def load(model: type[M], path: str | Path, error: type[ConfigError] = ConfigError) -> M:
+    path = Path(path)
+    return validate(model, read_data(path, error), str(path), error)
+
+
+def _describe(model: type[BaseModel], err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "<top>"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, err["loc"][:-1])
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"{loc}: unknown key{hint}"
+    if err["type"] == "missing":
+        return f"{loc}: required key is missing"
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    return f"{loc}: {err['msg']}{shown}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Walk the model's fields along ``loc`` to list the keys allowed where an unknown one was found."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+        if current is None:
+            return []
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

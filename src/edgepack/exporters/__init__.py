@@ -1,0 +1,85 @@
+"""Stage 3, export: one module per backend behind one registry.
+
+Each exporter takes the eager model (checkpoint dtype, freshly loaded for it: exporters may quantize it in
+place), translates the recipe into its backend's quantization, writes its files into ``request.out_dir`` and
+returns an ``Artifact``. The artifact is also written beside the files as ``artifact.json`` so that
+``edgepack parity DIR`` and the manifest writer can rediscover every export from the folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from edgepack.errors import ExportError
+from edgepack.registry import Registry
+
+ARTIFACT_FILE = "artifact.json"
+
+
+@dataclass
+class ExportRequest:
+    checkpoint: Any  # edgepack.checkpoint.Checkpoint
+    recipe: Any  # edgepack.recipes.Recipe
+    max_seq_len: int
+    out_dir: Path  # this target's folder inside the (temporary) export folder
+    progress: Callable[[str], None] = lambda message: None
+
+
+@dataclass
+class Artifact:
+    target: str  # registry name: executorch | onnx | coreml
+    runtime: str  # what runs it on device: executorch | onnxruntime | coreml
+    path: str  # the main file or package, relative to the export folder
+    files: list[str]  # every file that belongs to the artifact, relative to the export folder
+    recipe: str
+    weight_bits: int
+    max_seq_len: int
+    min_runtime: str  # e.g. "iOS 18", "executorch 1.5", "onnxruntime 1.20"
+    export_seconds: float = 0.0
+    unhonoured: list[str] = field(default_factory=list)  # recipe rules the backend could not honour
+    details: dict[str, Any] = field(default_factory=dict)  # backend facts the runners need (names, shapes)
+
+    def save(self, folder: Path) -> None:
+        (folder / ARTIFACT_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read(cls, folder: Path) -> "Artifact":
+        return cls(**json.loads((folder / ARTIFACT_FILE).read_text()))
+
+
+class Exporter(Protocol):
+    name: str
+    runtime: str
+
+    def unhonoured(self, recipe) -> list[str]:
+        """Recipe rules this backend cannot honour, one line each (reported, never skipped silently)."""
+
+    def export(self, model, request: ExportRequest) -> Artifact: ...
+
+
+EXPORTERS: Registry[Callable[[], Exporter]] = Registry("export target", ExportError)
+
+
+def get_exporter(name: str) -> Exporter:
+    _load_backends()
+    return EXPORTERS.get(name)()
+
+
+def target_names() -> list[str]:
+    _load_backends()
+    return EXPORTERS.names()
+
+
+def _load_backends() -> None:
+    # Backends import heavy libraries lazily inside their methods, so registering them is cheap.
+    import importlib
+
+    for module in ("executorch", "onnx", "coreml"):
+        try:
+            importlib.import_module(f"edgepack.exporters.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"edgepack.exporters.{module}":
+                raise

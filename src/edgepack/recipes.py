@@ -1,0 +1,129 @@
+"""Quantization recipes: typed, backend-agnostic data under ``recipes/*.yaml``.
+
+A recipe says *what* precision each weight gets, never *how* a backend packs it. Backends translate it
+(``edgepack.exporters.*``) and report any rule they cannot honour.
+
+Precedence, in one sentence: the token embedding follows ``embedding`` and the output projection follows
+``lm_head``; every other linear layer takes the first rule whose ``match`` glob matches its module name, and a
+layer no rule matches keeps the recipe's ``dtype``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edgepack.config import Strict, load
+from edgepack.errors import RecipeError
+from edgepack.paths import shipped_dir
+
+Bits = Literal[4, 8, 16, 32]
+
+
+class WeightQuant(Strict):
+    """How one weight tensor is stored. bits 16/32 mean a float dtype; 4/8 an integer format."""
+
+    bits: Bits
+    group_size: int | None = Field(None, description="block size along the input dim; null = per channel")
+    symmetric: bool = True
+    format: Literal["linear", "palette"] = "linear"
+    activations: Literal["none", "int8_dynamic"] = "none"
+
+    @model_validator(mode="after")
+    def _check(self) -> "WeightQuant":
+        problems = []
+        if self.group_size is not None and (self.group_size < 8 or self.group_size & (self.group_size - 1)):
+            problems.append(f"group_size must be a power of two >= 8 or null, got {self.group_size}")
+        if self.bits >= 16 and (self.group_size is not None or self.format != "linear"):
+            problems.append("group_size and format apply only to 4- and 8-bit weights")
+        if self.bits >= 16 and self.activations != "none":
+            problems.append("int8_dynamic activations need 4- or 8-bit weights")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def is_float(self) -> bool:
+        return self.bits >= 16
+
+    def describe(self) -> str:
+        if self.is_float:
+            return f"fp{self.bits}"
+        group = f"g{self.group_size}" if self.group_size else "per-channel"
+        kind = "palette" if self.format == "palette" else ("sym" if self.symmetric else "asym")
+        act = "+int8 dyn act" if self.activations == "int8_dynamic" else ""
+        return f"int{self.bits} {group} {kind}{act}"
+
+
+class Rule(Strict):
+    match: str = Field(description="glob against the module's name, e.g. 'model.layers.*.mlp.*'")
+    weights: WeightQuant
+
+
+class ParityThresholds(Strict):
+    """What an export of this recipe must meet against the fp32 reference (checked by ``edgepack parity``)."""
+
+    max_abs_diff: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = Field(None, description="fraction of positions whose argmax agrees")
+    min_top5_overlap: float | None = None
+    max_kl: float | None = Field(None, description="mean KL(reference || export), nats")
+    min_greedy_agreement: float | None = Field(None, description="fraction of greedy tokens that agree")
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    dtype: Literal["float32", "float16"] = "float32"
+    rules: list[Rule] = Field(default_factory=list)
+    embedding: WeightQuant | None = Field(None, description="null = keep at dtype")
+    lm_head: WeightQuant | None = Field(None, description="null = keep at dtype")
+    parity: ParityThresholds = ParityThresholds()
+
+    def for_module(self, name: str) -> WeightQuant | None:
+        """The quantization a linear module gets, per the precedence rule in the module docstring."""
+        if name == "lm_head" or name.endswith(".lm_head"):
+            return self.lm_head
+        if name.endswith("embed_tokens"):
+            return self.embedding
+        for rule in self.rules:
+            if fnmatch.fnmatchcase(name, rule.match):
+                return rule.weights
+        return None
+
+    @property
+    def weight_bits(self) -> int:
+        """The smallest bit width any linear rule uses (what a manifest reports as the artifact's bits)."""
+        bits = [r.weights.bits for r in self.rules] or [16 if self.dtype == "float16" else 32]
+        return min(bits)
+
+    def digest(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def recipes_dir() -> Path:
+    return shipped_dir("recipes")
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A shipped recipe by name, or any recipe file by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml", ".json"):
+        path = recipes_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise RecipeError(
+                str(name_or_path),
+                [f"unknown recipe; shipped recipes: {', '.join(available())}. Or pass a path to a .yaml file."],
+            )
+    elif not path.is_file():
+        raise RecipeError(str(path), ["file not found"])
+    return load(Recipe, path, RecipeError)

