@@ -32,7 +32,13 @@ RUNNERS: Registry[Callable[..., Runner]] = Registry("parity runner", ParityError
 
 
 def open_runner(export_root: Path, artifact, **options) -> Runner:
-    from edgepack.exporters import _load_backends
+    """The runner for ``artifact`` (an ``edgepack.exporters.Artifact``) of the export folder ``export_root``."""
+    import importlib
 
-    _load_backends()
+    # Each backend's runner lives in edgepack/parity/runners/<target>.py and registers itself on import.
+    try:
+        importlib.import_module(f"edgepack.parity.runners.{artifact.target}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"edgepack.parity.runners.{artifact.target}":
+            raise
     return RUNNERS.get(artifact.target)(export_root, artifact, **options)

@@ -1,0 +1,1 @@
+"""One parity runner per runtime; each module registers itself in ``edgepack.parity.RUNNERS``."""
