@@ -85,8 +85,12 @@ class Checkpoint:
     def num_parameters(self) -> int:
         return sum(_count_params(f) for f in self.weight_files if f.suffix == ".safetensors")
 
-    def load_model(self, dtype: str | None = None):
-        """The eager transformers model, in eval mode, in the checkpoint's dtype unless ``dtype`` is given."""
+    def load_model(self, dtype: str | None = None, attn_implementation: str = "sdpa"):
+        """The eager transformers model, in eval mode, in the checkpoint's dtype unless ``dtype`` is given.
+
+        The parity reference passes ``attn_implementation="eager"``: it is the one every family implements in
+        full (Gemma 2's attention soft-capping, for one, exists only there).
+        """
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -97,7 +101,7 @@ class Checkpoint:
                 dtype=torch_dtype,
                 use_safetensors=not self.allow_pickle or None,
                 trust_remote_code=self.trust_remote_code,
-                attn_implementation="sdpa",
+                attn_implementation=attn_implementation,
             )
         except (OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"Could not load the weights in {self.path}: {exc}") from None

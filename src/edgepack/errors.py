@@ -33,6 +33,10 @@ class ExportError(EdgepackError):
     """An export backend failed or cannot honour the request."""
 
 
+class ArtifactError(EdgepackError):
+    """An export folder has no artifacts, or one cannot be read or run."""
+
+
 class ParityError(EdgepackError):
     """An export's outputs drifted past the recipe's thresholds."""
 

@@ -47,3 +47,42 @@ def quiet_libraries() -> None:
         tlog.disable_progress_bar()
     except ImportError:
         pass
+
+
+class Progress:
+    """Stage messages on stderr with elapsed time and a spinner while a stage runs; silent when quiet."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self._status = None
+        if not quiet:
+            import time
+
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False)
+            self._start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.quiet:
+            return
+        import time
+
+        elapsed = time.perf_counter() - self._start
+        self._console.print(f"[dim]{elapsed:7.1f}s[/dim] {message}")
+        if self._status is None and self._console.is_terminal:
+            self._status = self._console.status("working...")
+            self._status.start()
+        if self._status is not None:
+            self._status.update(message)
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

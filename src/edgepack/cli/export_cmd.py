@@ -1,0 +1,81 @@
+"""``edgepack export``: a thin wrapper over ``edgepack.pipeline.export``."""
+
+from __future__ import annotations
+
+import click
+
+from edgepack.cli._common import Progress, handle_errors, print_json, quiet_libraries
+from edgepack.cli.parity_cmd import parity_threshold_options, thresholds_from
+
+
+@click.command()
+@click.argument("model")
+@click.option("--recipe", "-r", default="int4-block32", show_default=True, help="Shipped recipe name or a YAML path.")
+@click.option("--target", "-t", "targets", default=None,
+              help="Comma list of targets (executorch, onnx, coreml). Default: every target.")
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output folder (written atomically).")
+@click.option("--max-seq-len", type=int, default=None, help="KV cache length. Default: min(context, 2048).")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--no-parity", is_flag=True, help="Skip the parity check against the reference model.")
+@click.option("--prompts", type=click.Path(exists=True, dir_okay=False), help="Parity prompts file (YAML/JSON).")
+@parity_threshold_options
+@click.option("--allow-pickle", is_flag=True, help="Allow pickled weights (*.bin, *.pt): they can run code.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow a checkpoint that needs custom code (auto_map).")
+@click.option("--fallback", "fallback_file", type=click.Path(exists=True, dir_okay=False),
+              help="Cloud fallback config (YAML) for the manifest.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@handle_errors
+def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, allow_pickle, trust_remote_code,
+           fallback_file, quiet, as_json, **threshold_flags):
+    """Export MODEL (a local HF folder, a .gguf file or a hub id) to on-device artifacts."""
+    quiet_libraries()
+    from edgepack.pipeline import export as run_export
+
+    fallback = _fallback(fallback_file)
+    with Progress(quiet or as_json) as progress:
+        result = run_export(
+            model,
+            out=out,
+            recipe=recipe,
+            targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None,
+            max_seq_len=max_seq_len,
+            force=force,
+            parity=not no_parity,
+            parity_options={"prompts_file": prompts, "thresholds": thresholds_from(threshold_flags)},
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            fallback=fallback,
+            progress=progress,
+        )
+    if as_json:
+        print_json(result.summary())
+    elif not quiet:
+        _print_summary(result)
+
+
+def _fallback(path):
+    if not path:
+        return None
+    from edgepack.fallback import load_fallback
+
+    return load_fallback(path)
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"edgepack export -> {result.out} ({result.seconds:.1f}s)")
+    for col in ("target", "artifact", "MB", "export s", "parity"):
+        table.add_column(col)
+    summary = result.summary()
+    parity = (summary["parity"] or {}).get("artifacts", {})
+    for a in summary["artifacts"]:
+        p = parity.get(a["target"])
+        verdict = "-" if p is None else ("pass" if p["passed"] else "FAIL")
+        table.add_row(a["target"], a["path"], f"{a['bytes'] / 1e6:.1f}", f"{a['export_seconds']:.1f}", verdict)
+    console = Console(stderr=True)
+    console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]not honoured[/yellow] {warning}")

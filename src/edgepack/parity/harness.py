@@ -1,0 +1,274 @@
+"""The parity harness: every artifact of an export folder against the fp32 eager reference.
+
+For each prompt the reference (transformers, fp32, eager attention) generates ``decode_steps`` greedy tokens.
+Each artifact then runs in its own runtime (``edgepack.parity.RUNNERS``), teacher-forced: the prompt as one
+prefill chunk, then the reference's greedy tokens one at a time through the decode path. Logits at every
+position are compared (``edgepack.parity.metrics``). Greedy agreement is read off the same pass: free-running
+greedy decoding reproduces the reference exactly up to the first position whose argmax differs.
+
+Where the recipe quantizes and can be applied in torch (``edgepack.quantize``), the error is split in two:
+quantization (recipe in eager torch vs fp32) and conversion (export vs that quantized eager model), so a user
+knows whether the exporter or the recipe is at fault.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgepack.errors import ArtifactError, EdgepackError
+from edgepack.exporters import ARTIFACT_FILE, Artifact
+from edgepack.parity import metrics, open_runner
+from edgepack.parity.prompts import Prompt, builtin_prompts, load_prompts
+
+SCHEMA_VERSION = 1
+# threshold key -> (metric, True when the metric must stay at or below the threshold)
+THRESHOLDS = {
+    "max_abs_diff": ("max_abs_diff", True),
+    "min_cosine": ("cosine", False),
+    "min_top1": ("top1", False),
+    "min_top5_overlap": ("top5_overlap", False),
+    "max_kl": ("kl", True),
+    "min_greedy_agreement": ("greedy_agreement", False),
+}
+
+
+@dataclass
+class ArtifactParity:
+    target: str
+    path: str
+    recipe: str
+    passed: bool
+    metrics: dict[str, float]
+    thresholds: dict[str, float | None]
+    failures: list[dict] = field(default_factory=list)
+    split: dict | None = None
+    per_prompt: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ParityReport:
+    passed: bool
+    reference: dict
+    prompts: int
+    decode_steps: int
+    artifacts: list[ArtifactParity]
+
+    def to_json(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+
+    def summary(self) -> dict:
+        return {
+            "passed": self.passed,
+            "artifacts": {a.target: {"passed": a.passed, **a.metrics} for a in self.artifacts},
+        }
+
+    def failure_message(self, where: Path | str) -> str:
+        lines = [f"parity failed for {where}:"]
+        for a in self.artifacts:
+            for f in a.failures:
+                op = "<=" if THRESHOLDS[f["threshold_key"]][1] else ">="
+                lines.append(
+                    f"  - {a.path}: {f['metric']} = {f['value']:.6g}, must be {op} {f['threshold']:.6g}"
+                )
+        return "\n".join(lines)
+
+
+def discover(export_root: Path) -> list[Artifact]:
+    """Every artifact in an export folder (each target folder holds an artifact.json)."""
+    export_root = Path(export_root)
+    if not (export_root / "export.json").is_file():
+        raise ArtifactError(f"{export_root} is not an edgepack export folder (no export.json).")
+    found = []
+    for path in sorted(export_root.glob(f"*/{ARTIFACT_FILE}")):
+        try:
+            artifact = Artifact.read(path.parent)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ArtifactError(f"{path} is unreadable ({exc}).") from None
+        if not (export_root / artifact.path).exists():
+            raise ArtifactError(f"{path.parent.name}: {artifact.path} is missing from {export_root}.")
+        found.append(artifact)
+    if not found:
+        raise ArtifactError(f"{export_root} holds no artifacts to check (no */{ARTIFACT_FILE}).")
+    return found
+
+
+def check_parity(
+    export_root: str | Path,
+    *,
+    prompts_file: str | Path | None = None,
+    decode_steps: int = 8,
+    thresholds: dict[str, float] | None = None,
+    split: bool = True,
+    targets: list[str] | None = None,
+    runner_options: dict[str, dict] | None = None,
+    write_reports: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> ParityReport:
+    say = progress or (lambda message: None)
+    root = Path(export_root)
+    artifacts = [a for a in discover(root) if not targets or a.target in targets]
+    record = json.loads((root / "export.json").read_text())
+    prompts = _prompts(root, record, artifacts, prompts_file, decode_steps)
+
+    say(f"verify: fp32 reference over {len(prompts)} prompts")
+    reference = _reference(record, prompts, decode_steps)
+    quantized = _quantized_reference(record, reference) if split else None
+
+    limits = {**record["recipe"].get("parity", {}), **{k: v for k, v in (thresholds or {}).items() if v is not None}}
+    results = []
+    for artifact in artifacts:
+        say(f"verify[{artifact.target}]: running {artifact.path}")
+        options = (runner_options or {}).get(artifact.target, {})
+        results.append(_check_artifact(root, artifact, reference, quantized, limits, options))
+    report = ParityReport(
+        passed=all(r.passed for r in results),
+        reference={"model": record["checkpoint"]["model_id"], "dtype": "float32", "attention": "eager"},
+        prompts=len(prompts),
+        decode_steps=decode_steps,
+        artifacts=results,
+    )
+    if write_reports:
+        from edgepack.parity.report import write_reports as write
+
+        write(root, report)
+    return report
+
+
+@dataclass
+class _Reference:
+    prompts: list[Prompt]
+    tokens: list[list[int]]  # per prompt: prompt ids + greedy ids
+    greedy: list[list[int]]
+    logits: list[np.ndarray]  # per prompt: [len(tokens), vocab]
+
+
+def _prompts(root, record, artifacts, prompts_file, decode_steps) -> list[Prompt]:
+    from edgepack.tokenizer import DeviceTokenizer
+
+    tokenizer = DeviceTokenizer(root / "tokenizer")
+    max_len = min(a.max_seq_len for a in artifacts) - decode_steps - 1
+    if max_len < 1:
+        raise EdgepackError(f"--decode-steps {decode_steps} leaves no room for a prompt in the artifacts' context.")
+    if prompts_file:
+        return load_prompts(Path(prompts_file), tokenizer, max_len)
+    return builtin_prompts(tokenizer, record["checkpoint"].get("sliding_window"), max_len)
+
+
+def _load(record: dict):
+    from edgepack.checkpoint import resolve
+
+    ckpt = record["checkpoint"]
+    checkpoint = resolve(ckpt["path"], allow_pickle=True, trust_remote_code=False)
+    return checkpoint.load_model(dtype="float32", attn_implementation="eager")
+
+
+def _reference(record: dict, prompts: list[Prompt], decode_steps: int) -> _Reference:
+    import torch
+
+    model = _load(record)
+    tokens, greedy, logits = [], [], []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = list(prompt.ids)
+            for _ in range(decode_steps):
+                out = model(torch.tensor([ids])).logits[0, -1]
+                ids.append(int(out.argmax()))
+            full = model(torch.tensor([ids[:-1]])).logits[0].float().numpy()
+            tokens.append(ids[:-1])
+            greedy.append(ids[len(prompt.ids):])
+            logits.append(full)
+    del model
+    gc.collect()
+    return _Reference(prompts, tokens, greedy, logits)
+
+
+def _quantized_reference(record: dict, reference: _Reference) -> list[np.ndarray] | None:
+    """Logits of the recipe applied in eager torch, or None when the recipe quantizes nothing or cannot be."""
+    from edgepack.recipes import Recipe
+
+    recipe = Recipe.model_validate(record["recipe"])
+    if not recipe.rules and recipe.embedding is None and recipe.lm_head is None:
+        return None
+    try:
+        import torch
+
+        from edgepack.quantize import quantize_model
+    except ImportError:
+        return None
+    model = _load(record)
+    quantize_model(model, recipe)
+    with torch.no_grad():
+        logits = [model(torch.tensor([ids])).logits[0].float().numpy() for ids in reference.tokens]
+    del model
+    gc.collect()
+    return logits
+
+
+def _run_artifact(runner, reference: _Reference) -> list[np.ndarray]:
+    outputs = []
+    for prompt, greedy in zip(reference.prompts, reference.greedy):
+        runner.reset()
+        chunks = [runner.forward(list(prompt.ids))]
+        chunks += [runner.forward([tok]) for tok in greedy[:-1]]
+        outputs.append(np.concatenate(chunks, axis=0).astype(np.float32))
+    return outputs
+
+
+def _check_artifact(root, artifact, reference, quantized, limits, options) -> ArtifactParity:
+    try:
+        runner = open_runner(root, artifact, **options)
+        got = _run_artifact(runner, reference)
+    except EdgepackError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any runtime failure means the artifact cannot be checked
+        raise ArtifactError(f"{artifact.path} could not be run in its runtime: {type(exc).__name__}: {exc}") from None
+    finally:
+        runner = None
+        gc.collect()
+    per_prompt = [_prompt_metrics(ref, out, reference.greedy[i], len(reference.prompts[i].ids))
+                  for i, (ref, out) in enumerate(zip(reference.logits, got))]
+    measured = metrics.aggregate(per_prompt)
+    split = None
+    if quantized is not None:
+        split = {
+            "quantization": metrics.aggregate([metrics.compare(r, q) for r, q in zip(reference.logits, quantized)]),
+            "conversion": metrics.aggregate([metrics.compare(q, g) for q, g in zip(quantized, got)]),
+        }
+    failures = _failures(measured, limits)
+    return ArtifactParity(
+        target=artifact.target,
+        path=artifact.path,
+        recipe=artifact.recipe,
+        passed=not failures,
+        metrics=measured,
+        thresholds={k: limits.get(k) for k in THRESHOLDS},
+        failures=failures,
+        split=split,
+        per_prompt=[{"prompt": p.name, "tokens": len(p.ids), **m} for p, m in zip(reference.prompts, per_prompt)],
+    )
+
+
+def _prompt_metrics(ref: np.ndarray, got: np.ndarray, greedy: list[int], prompt_len: int) -> dict[str, float]:
+    m = metrics.compare(ref, got)
+    predicted = got[prompt_len - 1:].argmax(-1).tolist()
+    m["greedy_agreement"] = metrics.greedy_agreement(greedy, predicted)
+    return m
+
+
+def _failures(measured: dict, limits: dict) -> list[dict]:
+    failures = []
+    for key, (metric, at_most) in THRESHOLDS.items():
+        limit = limits.get(key)
+        if limit is None:
+            continue
+        value = measured[metric]
+        ok = value <= limit if at_most else value >= limit
+        if not ok or not np.isfinite(value):
+            failures.append({"metric": metric, "value": value, "threshold": limit, "threshold_key": key})
+    return failures

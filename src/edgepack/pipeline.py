@@ -1,0 +1,234 @@
+"""The export pipeline, as its stages:
+
+1. load      ``edgepack.checkpoint.resolve``: find and check the checkpoint (nothing of it runs).
+2. quantize  inside each backend: the recipe is translated per backend (``edgepack.quantize`` for torch).
+3. export    ``edgepack.exporters.<target>``: one artifact per target, each from a freshly loaded model in
+             the checkpoint's dtype (exporters may quantize in place; only one model is in memory at a time).
+4. verify    ``edgepack.parity.harness.check_parity``: every artifact against the fp32 eager reference.
+5. package   ``edgepack.manifest.write_manifest``: checksums, sizes, memory needs, parity, cloud fallback.
+
+Everything is written into a temporary sibling of OUT and renamed into place at the end, so OUT holds a
+complete export or nothing. A parity failure still leaves the complete export (to inspect) and raises
+``ParityError``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from edgepack import __version__
+from edgepack.checkpoint import Checkpoint, resolve
+from edgepack.errors import ExportError, ParityError
+from edgepack.exporters import Artifact, ExportRequest, get_exporter, target_names
+from edgepack.recipes import Recipe, load_recipe
+
+EXPORT_FILE = "export.json"
+TOKENIZER_DIR = "tokenizer"
+DEFAULT_MAX_SEQ_LEN = 2048
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    artifacts: list[Artifact]
+    parity: Any = None  # edgepack.parity.harness.ParityReport, or None with parity=False
+    manifest: Path | None = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "out": str(self.out),
+            "seconds": round(self.seconds, 2),
+            "artifacts": [
+                {"target": a.target, "path": a.path, "recipe": a.recipe, "export_seconds": round(a.export_seconds, 2),
+                 "bytes": _size(self.out / a.path), "unhonoured": a.unhonoured}
+                for a in self.artifacts
+            ],
+            "parity": None if self.parity is None else self.parity.summary(),
+            "manifest": str(self.manifest) if self.manifest else None,
+            "warnings": self.warnings,
+        }
+
+
+def export(
+    model: str | Path,
+    *,
+    out: str | Path,
+    recipe: str | Path | Recipe = "int4-block32",
+    targets: Sequence[str] | None = None,
+    max_seq_len: int | None = None,
+    force: bool = False,
+    parity: bool = True,
+    parity_options: dict | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    fallback: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export ``model`` with ``recipe`` to each of ``targets`` (default: all) in ``out``."""
+    start = time.perf_counter()
+    say = progress or (lambda message: None)
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    targets = check_targets(targets)
+    out = check_output(Path(out), force)
+    say(f"load: resolving {model}")
+    checkpoint = resolve(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    max_seq_len = check_max_seq_len(checkpoint, max_seq_len)
+    result = ExportResult(out, [])
+    with atomic_dir(out, force) as tmp:
+        write_export_record(tmp, checkpoint, recipe, max_seq_len, targets)
+        for target in targets:
+            artifact = export_target(checkpoint, recipe, target, tmp, max_seq_len, say)
+            result.artifacts.append(artifact)
+            result.warnings += [f"{target}: {rule}" for rule in artifact.unhonoured]
+        if parity:
+            from edgepack.parity.harness import check_parity
+
+            say("verify: checking parity against the fp32 reference")
+            result.parity = check_parity(tmp, progress=say, **(parity_options or {}))
+        result.manifest = package(tmp, fallback, say)
+    result.seconds = time.perf_counter() - start
+    if result.parity is not None and not result.parity.passed:
+        raise ParityError(result.parity.failure_message(out))
+    return result
+
+
+def check_targets(targets: Sequence[str] | None) -> list[str]:
+    known = target_names()
+    if not targets:
+        return known
+    unknown = [t for t in targets if t not in known]
+    if unknown:
+        raise ExportError(f"Unknown target {', '.join(map(repr, unknown))}. Supported: {', '.join(known)}.")
+    return list(dict.fromkeys(targets))
+
+
+def check_output(out: Path, force: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"Output path {out} is a file. Pass a folder path for --out.")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ExportError(
+            f"Output folder {out} already exists and is not empty. Pass --force to replace it, or choose a new path."
+        )
+    if not out.parent.exists():
+        raise ExportError(f"The parent folder of {out} does not exist. Create it first.")
+    return out
+
+
+def check_max_seq_len(checkpoint: Checkpoint, max_seq_len: int | None) -> int:
+    context = checkpoint.context_length
+    if max_seq_len is None:
+        return min(context, DEFAULT_MAX_SEQ_LEN)
+    if max_seq_len < 2:
+        raise ExportError(f"--max-seq-len must be at least 2, got {max_seq_len}.")
+    if max_seq_len > context:
+        raise ExportError(
+            f"--max-seq-len {max_seq_len} exceeds the model's context length ({context}). "
+            f"Pass --max-seq-len {context} or less."
+        )
+    return max_seq_len
+
+
+@contextmanager
+def atomic_dir(out: Path, force: bool) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out``; on success it replaces ``out``, on failure it is removed."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_export_record(root: Path, checkpoint: Checkpoint, recipe: Recipe, max_seq_len: int, targets) -> None:
+    tokenizer_dir = root / TOKENIZER_DIR
+    tokenizer_dir.mkdir()
+    for name, path in checkpoint.tokenizer_files.items():
+        shutil.copy2(path, tokenizer_dir / name)
+    record = {
+        "edgepack_version": __version__,
+        "checkpoint": checkpoint_record(checkpoint),
+        "recipe": recipe.model_dump(mode="json"),
+        "recipe_digest": recipe.digest(),
+        "max_seq_len": max_seq_len,
+        "targets": list(targets),
+    }
+    (root / EXPORT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def checkpoint_record(checkpoint: Checkpoint) -> dict:
+    """What the manifest, parity and memory planning need to know of the checkpoint, without loading it."""
+    cfg = checkpoint.config_dict
+    heads = cfg.get("num_attention_heads")
+    hidden = cfg.get("hidden_size")
+    return {
+        "source": checkpoint.source,
+        "path": str(checkpoint.path.resolve()),
+        "model_id": checkpoint.model_id,
+        "architecture": checkpoint.spec.name,
+        "model_type": cfg.get("model_type"),
+        "hf_architectures": cfg.get("architectures"),
+        "license": cfg.get("license"),
+        "num_parameters": checkpoint.num_parameters,
+        "dtype": checkpoint.dtype,
+        "weights_digest": checkpoint.weights_digest,
+        "context_length": checkpoint.context_length,
+        "sliding_window": checkpoint.sliding_window,
+        "layer_types": cfg.get("layer_types"),
+        "num_layers": cfg.get("num_hidden_layers"),
+        "num_heads": heads,
+        "num_kv_heads": cfg.get("num_key_value_heads") or heads,
+        "head_dim": cfg.get("head_dim") or (hidden // heads if hidden and heads else None),
+        "hidden_size": hidden,
+        "vocab_size": cfg.get("vocab_size"),
+        "tie_word_embeddings": cfg.get("tie_word_embeddings"),
+    }
+
+
+def export_target(checkpoint: Checkpoint, recipe: Recipe, target: str, root: Path, max_seq_len: int, say) -> Artifact:
+    exporter = get_exporter(target)
+    folder = root / target
+    folder.mkdir()
+    say(f"export[{target}]: loading {checkpoint.spec.name} weights ({checkpoint.dtype})")
+    model = checkpoint.load_model()
+    request = ExportRequest(checkpoint, recipe, max_seq_len, folder, lambda m: say(f"export[{target}]: {m}"))
+    start = time.perf_counter()
+    try:
+        artifact = exporter.export(model, request)
+    finally:
+        del model
+        gc.collect()
+    artifact.export_seconds = time.perf_counter() - start
+    artifact.save(folder)
+    return artifact
+
+
+def package(root: Path, fallback: Any, say) -> Path | None:
+    try:
+        from edgepack.manifest import write_manifest
+    except ModuleNotFoundError:
+        return None
+    say("package: writing manifest.json")
+    return write_manifest(root, fallback=fallback)
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
