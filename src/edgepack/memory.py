@@ -1,0 +1,274 @@
+"""How much memory an artifact needs on a device, from a config dict alone (no weights loaded) or an export folder.
+
+    total(context) = weights + kv_cache(context) + overhead(context)
+
+    weights      before export: sum over weight tensors of  n * bits/8 + groups * (scale_bytes + zero_bytes)
+                   groups = n / group_size (per channel: one group per output row); scale_bytes = the recipe's
+                   dtype (4 for float32); zero_bytes = 1 for asymmetric quantization, else 0. Each tensor gets
+                   its bits from the recipe: the token embedding follows ``embedding``, the output projection
+                   ``lm_head``, every linear layer its first matching rule; norms and biases stay at ``dtype``.
+                   A tied embedding is stored twice once quantized (a gather table and a matmul weight).
+                 from an export folder: the bytes of the artifact's files.
+    kv_cache     sum over layers of  2 (K and V) * kv_heads * head_dim * kv_bytes * min(context, window_layer)
+                   window_layer = sliding_window for layers that ``layer_types`` marks sliding, else unbounded
+                   (transformers' static cache, which the exporters build on, allocates exactly that).
+                   kv_bytes = 2 for Core ML (fp16 state), else the recipe's dtype.
+    overhead     runtime_base + activations
+                   activations = 4 * chunk * (vocab + 2 * hidden + intermediate + heads * context)
+                   (fp32 logits, residual and MLP buffers, one layer's attention scores for a prefill chunk of
+                   ``chunk`` = 128 tokens); runtime_base per runtime in ``RUNTIMES``.
+
+All results are bytes. ``docs/memory.md`` states the same formula with a worked example.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgepack.errors import ArtifactError
+
+MIB = 1 << 20
+PREFILL_CHUNK = 128
+SLIDING_TYPES = ("sliding_attention", "chunked_attention")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class RuntimeCost:
+    base_bytes: int  # the runtime's code, allocator arenas and thread pools, independent of the model
+    kv_dtype: str | None = None  # a fixed KV-cache dtype, or None for the recipe's dtype
+
+
+# Assumed base costs of each on-device runtime (what a minimal app measures beyond the model's own tensors).
+RUNTIMES = {
+    "executorch": RuntimeCost(40 * MIB),
+    "onnxruntime": RuntimeCost(80 * MIB),
+    "coreml": RuntimeCost(120 * MIB, kv_dtype="float16"),
+}
+TARGET_RUNTIME = {"executorch": "executorch", "onnx": "onnxruntime", "coreml": "coreml"}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The shapes memory depends on, read from a Hugging Face config dict."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    context_length: int
+    tie_word_embeddings: bool
+    windows: tuple[int | None, ...]  # per layer: the sliding window, or None for full attention
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Geometry":
+        cfg = config.get("text_config") or config  # multimodal wrappers keep the LM's settings there
+        heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        layers = int(cfg["num_hidden_layers"])
+        return cls(
+            num_layers=layers,
+            num_heads=heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            hidden_size=hidden,
+            intermediate_size=int(cfg.get("intermediate_size") or 4 * hidden),
+            vocab_size=int(cfg["vocab_size"]),
+            context_length=int(cfg.get("max_position_embeddings") or 2048),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
+            windows=_windows(cfg.get("layer_types"), cfg.get("sliding_window"), layers),
+        )
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Geometry":
+        """From export.json's ``checkpoint`` record (what the pipeline writes), or the checkpoint's config."""
+        config_file = Path(record.get("path") or "") / "config.json"
+        if record.get("path") and config_file.is_file():
+            return cls.from_config(json.loads(config_file.read_text()))
+        try:
+            return cls.from_config(
+                {
+                    "num_attention_heads": record["num_heads"],
+                    "num_key_value_heads": record.get("num_kv_heads"),
+                    "head_dim": record.get("head_dim"),
+                    "hidden_size": record["hidden_size"],
+                    "num_hidden_layers": record["num_layers"],
+                    "vocab_size": record["vocab_size"],
+                    "max_position_embeddings": record.get("context_length"),
+                    "tie_word_embeddings": record.get("tie_word_embeddings"),
+                    "layer_types": record.get("layer_types"),
+                    "sliding_window": record.get("sliding_window"),
+                }
+            )
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"export.json's checkpoint record lacks {exc} needed for the memory estimate.") from None
+
+    def kv_bytes_per_token(self, kv_bytes: int) -> int:
+        return 2 * self.num_kv_heads * self.head_dim * kv_bytes
+
+    def kv_cache(self, context: int, kv_bytes: int) -> int:
+        per_token = self.kv_bytes_per_token(kv_bytes)
+        return sum(per_token * (context if w is None else min(context, w)) for w in self.windows)
+
+    def activations(self, context: int, chunk: int = PREFILL_CHUNK) -> int:
+        chunk = min(chunk, context)
+        per_token = self.vocab_size + 2 * self.hidden_size + self.intermediate_size + self.num_heads * context
+        return 4 * chunk * per_token
+
+
+def _windows(layer_types: list[str] | None, sliding_window: int | None, layers: int) -> tuple[int | None, ...]:
+    if not layer_types or not sliding_window:
+        return (None,) * layers
+    return tuple(int(sliding_window) if t in SLIDING_TYPES else None for t in layer_types[:layers])
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str  # the module the weight belongs to, as recipes match it
+    rows: int  # output features (or vocab rows for the embedding)
+    cols: int  # input features
+
+    @property
+    def numel(self) -> int:
+        return self.rows * self.cols
+
+
+def weight_tensors(geom: Geometry) -> list[Tensor]:
+    """The linear weights of a Llama-shaped decoder (q, k, v, o, gate, up, down per layer) plus embeddings."""
+    h, q, kv, inter = geom.hidden_size, geom.num_heads * geom.head_dim, geom.num_kv_heads * geom.head_dim, geom.intermediate_size
+    shapes = {
+        "self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+        "self_attn.o_proj": (h, q), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
+        "mlp.down_proj": (h, inter),
+    }  # fmt: skip
+    tensors = [Tensor("model.embed_tokens", geom.vocab_size, h), Tensor("lm_head", geom.vocab_size, h)]
+    for i in range(geom.num_layers):
+        tensors += [Tensor(f"model.layers.{i}.{name}", r, c) for name, (r, c) in shapes.items()]
+    return tensors
+
+
+@dataclass(frozen=True)
+class WeightEstimate:
+    total: int
+    by_kind: dict[str, int] = field(default_factory=dict)  # embedding, lm_head, linear, other
+
+
+def weight_bytes(geom: Geometry, recipe, num_parameters: int | None = None) -> WeightEstimate:
+    """Bytes of the weights once ``recipe`` is applied (see the module docstring for the rule)."""
+    dtype_bytes = DTYPE_BYTES[recipe.dtype]
+    tensors = weight_tensors(geom)
+    embed, head, linears = tensors[0], tensors[1], tensors[2:]
+    by_kind = {
+        "embedding": _tensor_bytes(embed, recipe.embedding, dtype_bytes),
+        "lm_head": _tensor_bytes(head, recipe.lm_head, dtype_bytes),
+        "linear": sum(_tensor_bytes(t, recipe.for_module(t.name), dtype_bytes) for t in linears),
+    }
+    if geom.tie_word_embeddings and _is_float(recipe.embedding) and _is_float(recipe.lm_head):
+        by_kind["lm_head"] = 0  # one shared float tensor
+    counted = embed.numel * (1 if geom.tie_word_embeddings else 2) + sum(t.numel for t in linears)
+    # Norms, biases and anything the Llama shape misses (from the real count when known) stay at dtype.
+    other = (num_parameters - counted) if num_parameters else geom.num_layers * 2 * geom.hidden_size + geom.hidden_size
+    by_kind["other"] = max(0, other) * dtype_bytes
+    return WeightEstimate(sum(by_kind.values()), by_kind)
+
+
+def _is_float(quant) -> bool:
+    return quant is None or quant.is_float
+
+
+def _tensor_bytes(t: Tensor, quant, dtype_bytes: int) -> int:
+    if quant is None:
+        return t.numel * dtype_bytes
+    if quant.is_float:
+        return t.numel * quant.bits // 8
+    groups = t.numel // quant.group_size if quant.group_size else t.rows
+    if quant.format == "palette":  # a look-up table of 2**bits entries per group
+        return t.numel * quant.bits // 8 + groups * (1 << quant.bits) * dtype_bytes
+    return t.numel * quant.bits // 8 + groups * (dtype_bytes + (0 if quant.symmetric else 1))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One artifact's memory at one context length, in bytes."""
+
+    weights: int
+    kv_cache: int
+    overhead: int
+    context: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.overhead
+
+    def as_dict(self) -> dict:
+        return {"weights": self.weights, "kv_cache": self.kv_cache, "overhead": self.overhead,
+                "total": self.total, "context": self.context}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What memory depends on, fixed for one artifact; ``at(context)`` gives the estimate."""
+
+    geometry: Geometry
+    weights: int
+    runtime: str  # executorch | onnxruntime | coreml
+    kv_bytes: int
+
+    def at(self, context: int) -> Estimate:
+        overhead = RUNTIMES[self.runtime].base_bytes + self.geometry.activations(context)
+        return Estimate(self.weights, self.geometry.kv_cache(context, self.kv_bytes), overhead, context)
+
+    def max_context(self, budget: int, limit: int | None = None) -> int:
+        """The largest context (<= ``limit``, default the model's) whose total fits ``budget``; 0 if none."""
+        lo, hi = 0, limit or self.geometry.context_length
+        if self.at(hi).total <= budget:
+            return hi
+        while lo < hi:  # total grows with context: bisect for the last context that fits
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.at(mid).total <= budget else (lo, mid - 1)
+        return lo
+
+
+def footprint(config: dict, recipe, target: str, num_parameters: int | None = None) -> Footprint:
+    """Before export: from a config dict and a recipe, for one target (executorch | onnx | coreml)."""
+    geom = Geometry.from_config(config)
+    runtime = TARGET_RUNTIME[target]
+    return Footprint(geom, weight_bytes(geom, recipe, num_parameters).total, runtime, _kv_bytes(runtime, recipe.dtype))
+
+
+def artifact_footprints(folder: str | Path) -> list[tuple[Any, Footprint]]:
+    """After export: (Artifact, Footprint) for each artifact in an export folder, weights from the file sizes."""
+    from edgepack.exporters import ARTIFACT_FILE, Artifact
+
+    folder = Path(folder)
+    record_file = folder / "export.json"
+    if not record_file.is_file():
+        raise ArtifactError(f"{folder} has no export.json. Pass a folder written by `edgepack export`.")
+    record = json.loads(record_file.read_text())
+    geom = Geometry.from_record(record["checkpoint"])
+    dtype = record["recipe"].get("dtype", "float32")
+    found = []
+    for art_file in sorted(folder.glob(f"*/{ARTIFACT_FILE}")):
+        artifact = Artifact.read(art_file.parent)
+        runtime = artifact.runtime if artifact.runtime in RUNTIMES else TARGET_RUNTIME.get(artifact.target, "executorch")
+        weights = sum(_size(folder / f) for f in artifact.files)
+        found.append((artifact, Footprint(geom, weights, runtime, _kv_bytes(runtime, dtype))))
+    if not found:
+        raise ArtifactError(f"{folder} holds no artifacts (no */{ARTIFACT_FILE}).")
+    return found
+
+
+def _kv_bytes(runtime: str, dtype: str) -> int:
+    return DTYPE_BYTES[RUNTIMES[runtime].kv_dtype or dtype]
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.is_file() else 0
