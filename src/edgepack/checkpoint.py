@@ -85,9 +85,10 @@ class Checkpoint:
     def num_parameters(self) -> int:
         return sum(_count_params(f) for f in self.weight_files if f.suffix == ".safetensors")
 
-    def load_model(self, dtype: str | None = None, attn_implementation: str = "sdpa"):
+    def load_model(self, dtype: str | None = None, attn_implementation: str | None = None):
         """The eager transformers model, in eval mode, in the checkpoint's dtype unless ``dtype`` is given.
 
+        ``attn_implementation`` None lets transformers choose per family (sdpa where supported).
         The parity reference passes ``attn_implementation="eager"``: it is the one every family implements in
         full (Gemma 2's attention soft-capping, for one, exists only there).
         """

