@@ -1,0 +1,505 @@
+"""The ONNX target: a KV-cache decoder in the onnxruntime-genai layout, quantized with onnxruntime's own tools.
+
+Stages: cast (fp32, or fp16 for an fp16 recipe) -> torch.onnx.export (dynamo, opset 21) -> quantize per recipe
+(MatMulNBits for linear layers, GatherBlockQuantized for the embedding) -> save (external data past 2 GB) ->
+genai_config.json + tokenizer files beside the model, so that onnxruntime-genai runs the folder as it is.
+
+Graph interface (the optimum / onnxruntime-genai layout): inputs ``input_ids``, ``attention_mask`` (over past +
+new tokens), ``position_ids``, ``past_key_values.N.key/value`` [batch, kv_heads, past, head_dim]; outputs
+``logits`` (float32) and ``present.N.key/value`` (past + new). The cache keeps every position; the graph builds
+its own attention mask, so a sliding window applies past the window instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgepack.errors import ExportError
+from edgepack.exporters import EXPORTERS, Artifact, ExportRequest
+
+OPSET = 21
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+GENAI_CONFIG = "genai_config.json"
+EXTERNAL_DATA_BYTES = 1_800_000_000  # below protobuf's 2 GiB limit, with room for the graph itself
+MIN_ORT = "onnxruntime 1.20"  # MatMulNBits 8-bit and GatherBlockQuantized
+
+
+@dataclass(frozen=True)
+class NBits:
+    """One onnxruntime weight-only quantization setting (a MatMulNBits / GatherBlockQuantized configuration)."""
+
+    bits: int
+    block_size: int | None  # None = per output channel (one block spans the whole input dim)
+    symmetric: bool
+    accuracy_level: int | None  # 4 = int8 activations inside MatMulNBits
+
+
+@EXPORTERS.register("onnx")
+class OnnxExporter:
+    name = "onnx"
+    runtime = "onnxruntime"
+
+    def unhonoured(self, recipe) -> list[str]:
+        """Recipe settings onnxruntime cannot honour exactly, one line each with what is done instead."""
+        lines = []
+        for where, quant in _recipe_settings(recipe):
+            lines.extend(_unhonoured_setting(where, quant, recipe.dtype))
+        return sorted(set(lines))
+
+    def export(self, model, request: ExportRequest) -> Artifact:
+        start = time.perf_counter()
+        out = Path(request.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        recipe = request.recipe
+        request.progress(f"onnx: exporting the graph ({recipe.dtype})")
+        proto = export_graph(model, dtype=recipe.dtype)
+        request.progress(f"onnx: quantizing per recipe {recipe.name}")
+        proto = quantize(proto, recipe)
+        files = save_model(proto, out)
+        del proto
+        config = genai_config(model.config, request)
+        (out / GENAI_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        files.append(GENAI_CONFIG)
+        for name, src in request.checkpoint.tokenizer_files.items():
+            shutil.copyfile(src, out / name)
+            files.append(name)
+        rel = out.name
+        return Artifact(
+            target=self.name,
+            runtime=self.runtime,
+            path=f"{rel}/{MODEL_FILE}",
+            files=[f"{rel}/{f}" for f in files],
+            recipe=recipe.name,
+            weight_bits=recipe.weight_bits,
+            max_seq_len=request.max_seq_len,
+            min_runtime=MIN_ORT,
+            export_seconds=round(time.perf_counter() - start, 2),
+            unhonoured=self.unhonoured(recipe),
+            details=_details(model.config, recipe),
+        )
+
+
+# --- recipe translation -------------------------------------------------------------------------------------
+
+
+def _recipe_settings(recipe):
+    """(where, WeightQuant) for every setting the recipe states: each rule, the embedding, the lm_head."""
+    for rule in recipe.rules:
+        yield f"rule {rule.match!r}", rule.weights
+    if recipe.embedding is not None:
+        yield "embedding", recipe.embedding
+    if recipe.lm_head is not None:
+        yield "lm_head", recipe.lm_head
+
+
+def _unhonoured_setting(where: str, quant, dtype: str) -> list[str]:
+    lines = []
+    kept = "fp16" if dtype == "float16" else "fp32"
+    if quant.is_float and quant.bits != (16 if dtype == "float16" else 32):
+        lines.append(f"{where}: fp{quant.bits} weights inside a {dtype} recipe are kept {kept} (one dtype per graph)")
+    if quant.format == "palette":
+        lines.append(f"{where}: palettized weights have no onnxruntime operator; stored as linear int{quant.bits}")
+    if quant.activations == "int8_dynamic":
+        if where == "embedding":
+            lines.append(f"{where}: int8 dynamic activations do not apply to a lookup; ignored")
+        else:
+            block = quant.group_size or "the whole input dim"
+            lines.append(
+                f"{where}: int8 dynamic activations are quantized per block of {block} inside MatMulNBits "
+                "(accuracy_level=4), not per token"
+            )
+    return lines
+
+
+def nbits_for(quant, k: int) -> NBits | None:
+    """The onnxruntime setting for a WeightQuant on a weight with input dim ``k``; None keeps it float."""
+    if quant is None or quant.is_float:
+        return None
+    accuracy = 4 if quant.activations == "int8_dynamic" else None
+    return NBits(quant.bits, quant.group_size, quant.symmetric, accuracy)
+
+
+def _block(setting: NBits, k: int) -> int:
+    # Per channel = one block over all of K: the smallest power of two >= K (the op pads K with zeros, which
+    # change neither a symmetric scale nor the product).
+    if setting.block_size:
+        return setting.block_size
+    return max(16, 1 << (k - 1).bit_length())
+
+
+# --- export ---------------------------------------------------------------------------------------------------
+
+
+def export_graph(model, *, dtype: str = "float32"):
+    """The onnx.ModelProto of ``model`` with the KV-cache interface described in the module docstring."""
+    import torch
+
+    from edgepack.cli._common import quiet_libraries
+
+    quiet_libraries()
+    torch_dtype = torch.float16 if dtype == "float16" else torch.float32
+    model.to(torch_dtype)  # in place, module by module: no second full copy
+    # Eager attention: the one implementation every family supports (Gemma 2's soft-capping needs it) and
+    # the one that exports to plain MatMul/Softmax.
+    model.config._attn_implementation = "eager"
+    wrapper = _KVDecoder(model).eval()
+    args, dynamic_shapes = _example_inputs(model.config, torch_dtype)
+    names = io_names(model.config.num_hidden_layers)
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(
+                wrapper,
+                args,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                input_names=names["inputs"],
+                output_names=names["outputs"],
+                opset_version=OPSET,
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the message is what matters
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
+    return program.model_proto
+
+
+def io_names(num_layers: int) -> dict[str, list[str]]:
+    kv = [f"{{}}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+    return {
+        "inputs": ["input_ids", "attention_mask", "position_ids"] + [n.format("past_key_values") for n in kv],
+        "outputs": ["logits"] + [n.format("present") for n in kv],
+    }
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def effective_window(config) -> int | None:
+    """The sliding window the model applies (Qwen2 configs carry one they do not use)."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return window or None
+
+
+def _example_inputs(config, dtype):
+    import torch
+    from torch.export import Dim
+
+    batch, past, seq = 2, 3, 4  # sizes 0 and 1 would be specialised by torch.export
+    kv = (batch, config.num_key_value_heads, past, head_dim(config))
+    layers = config.num_hidden_layers
+    args = (
+        torch.ones(batch, seq, dtype=torch.long),
+        torch.ones(batch, past + seq, dtype=torch.long),
+        torch.arange(past, past + seq).repeat(batch, 1),
+        tuple((torch.zeros(kv, dtype=dtype), torch.zeros(kv, dtype=dtype)) for _ in range(layers)),
+    )
+    b = Dim("batch_size", min=1, max=64)
+    s = Dim("sequence_length", min=1, max=1 << 17)
+    p = Dim("past_sequence_length", min=0, max=1 << 17)
+    t = Dim("total_sequence_length", min=1, max=1 << 18)
+    shapes = (
+        {0: b, 1: s},
+        {0: b, 1: t},
+        {0: b, 1: s},
+        tuple(({0: b, 2: p}, {0: b, 2: p}) for _ in range(layers)),
+    )
+    return args, shapes
+
+
+def _kv_decoder_class():
+    import torch
+    from transformers import DynamicCache
+
+    class KVDecoder(torch.nn.Module):
+        """Flat tensors in and out around the HF model; builds the (sliding-window) mask itself."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.m = model
+            config = model.config
+            self.window = effective_window(config)
+            # Families whose config lists layer_types take one mask per attention type.
+            self.per_type = getattr(config, "layer_types", None) is not None
+
+        def forward(self, input_ids, attention_mask, position_ids, past):
+            cache = DynamicCache()
+            for i, (k, v) in enumerate(past):
+                cache.update(k, v, i)
+            mask = self._masks(input_ids.shape[1], attention_mask)
+            out = self.m(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            present = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+            return (out.logits.float(), *present)
+
+        def _masks(self, seq: int, attention_mask):
+            total = attention_mask.shape[1]
+            q = torch.arange(total - seq, total).view(-1, 1)
+            k = torch.arange(total).view(1, -1)
+            keep = (k <= q)[None, None] & attention_mask[:, None, None, :].bool()
+            full = self._additive(keep)
+            if self.window is None:
+                return {"full_attention": full, "sliding_attention": full} if self.per_type else full
+            sliding = self._additive(keep & (q - k < self.window)[None, None])
+            return {"full_attention": full, "sliding_attention": sliding} if self.per_type else sliding
+
+        def _additive(self, keep):
+            dtype = self.m.dtype
+            zeros = torch.zeros(keep.shape, dtype=dtype)
+            return zeros.masked_fill(~keep, torch.finfo(dtype).min)
+
+    return KVDecoder
+
+
+def _KVDecoder(model):
+    return _kv_decoder_class()(model)
+
+
+# --- quantization ---------------------------------------------------------------------------------------------
+
+
+def module_of(node) -> str | None:
+    """The torch module name (e.g. ``model.layers.0.mlp.up_proj``) an exported linear/embedding node came from."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    scopes = meta.get("pkg.torch.onnx.name_scopes")
+    if not scopes:
+        return None
+    parts = json.loads(scopes.replace("'", '"'))
+    if len(parts) < 2:
+        return None
+    name = parts[-2]
+    return name[2:] if name.startswith("m.") else None  # drop the wrapper's attribute name
+
+
+def quantize(proto, recipe):
+    """Apply the recipe: MatMulNBits per linear layer, GatherBlockQuantized for the embedding."""
+    groups: dict[NBits, list[str]] = {}
+    inits = {i.name: i for i in proto.graph.initializer}
+    embed = None
+    for node in proto.graph.node:
+        module = module_of(node)
+        if module is None:
+            continue
+        if node.op_type == "MatMul" and node.input[1] in inits:
+            k = inits[node.input[1]].dims[0]
+            setting = nbits_for(recipe.for_module(module), k)
+            if setting:
+                groups.setdefault(_with_block(setting, k), []).append(node.name)
+        elif node.op_type == "Gather" and node.input[0] in inits and module.endswith("embed_tokens"):
+            embed = node
+    for setting, nodes in groups.items():
+        proto = _matmul_nbits(proto, setting, nodes)
+    if embed is not None and recipe.embedding is not None and not recipe.embedding.is_float:
+        proto = _quantize_embedding(proto, embed.name, recipe.embedding)
+    return proto
+
+
+def _with_block(setting: NBits, k: int) -> NBits:
+    return NBits(setting.bits, _block(setting, k), setting.symmetric, setting.accuracy_level)
+
+
+def _matmul_nbits(proto, setting: NBits, nodes: list[str]):
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        proto,
+        bits=setting.bits,
+        block_size=setting.block_size,
+        is_symmetric=setting.symmetric,
+        accuracy_level=setting.accuracy_level,
+        nodes_to_include=nodes,
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    return quantizer.model.model
+
+
+def _quantize_embedding(proto, node_name: str, quant):
+    """Rows of the embedding table quantized in blocks along the hidden dim (GatherBlockQuantized)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    node = next(n for n in graph.node if n.name == node_name)
+    init = next(i for i in graph.initializer if i.name == node.input[0])
+    table = numpy_helper.to_array(init).astype(np.float32)
+    vocab, hidden = table.shape
+    block = _block(NBits(quant.bits, quant.group_size, quant.symmetric, None), hidden)
+    data, scales, zeros = _block_quantize_rows(table, quant.bits, block, quant.symmetric)
+    scales = scales.astype(numpy_helper.to_array(init).dtype)
+    name = init.name
+    qtype = onnx.TensorProto.UINT4 if quant.bits == 4 else onnx.TensorProto.UINT8
+    q_data = helper.make_tensor(f"{name}_Q{quant.bits}", qtype, data.shape, _pack(data, quant.bits), raw=True)
+    q_zeros = helper.make_tensor(f"{name}_zp", qtype, zeros.shape, _pack(zeros, quant.bits), raw=True)
+    q_scales = numpy_helper.from_array(scales, f"{name}_scales")
+    gbq = helper.make_node(
+        "GatherBlockQuantized",
+        [q_data.name, node.input[1], q_scales.name, q_zeros.name],
+        list(node.output),
+        name=node.name + f"_Q{quant.bits}",
+        domain="com.microsoft",
+        gather_axis=0,
+        quantize_axis=1,
+        block_size=block,
+        bits=quant.bits,
+    )
+    position = list(graph.node).index(node)
+    graph.node.remove(node)
+    graph.node.insert(position, gbq)
+    graph.initializer.extend([q_data, q_scales, q_zeros])
+    if not any(name in n.input for n in graph.node):
+        graph.initializer.remove(init)
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return proto
+
+
+def _block_quantize_rows(table, bits: int, block: int, symmetric: bool):
+    """Unsigned codes with zero points (the GatherBlockQuantized convention): value = (code - zp) * scale."""
+    import numpy as np
+
+    vocab, hidden = table.shape
+    blocks = -(-hidden // block)
+    padded = np.zeros((vocab, blocks * block), dtype=np.float32)
+    padded[:, :hidden] = table
+    view = padded.reshape(vocab, blocks, block)
+    qmax = (1 << bits) - 1
+    if symmetric:
+        mid = 1 << (bits - 1)
+        absmax = np.abs(view).max(axis=2)
+        scale = absmax / (mid - 1 if bits == 8 else mid)  # int8 in [-127, 127]; int4 in [-8, 7] like ORT
+        scale[scale == 0] = 1.0
+        zero = np.full(scale.shape, mid, dtype=np.int32)
+    else:
+        lo = np.minimum(view.min(axis=2), 0)
+        hi = np.maximum(view.max(axis=2), 0)
+        scale = (hi - lo) / qmax
+        scale[scale == 0] = 1.0
+        zero = np.clip(np.round(-lo / scale), 0, qmax).astype(np.int32)
+    codes = np.clip(np.round(view / scale[..., None]) + zero[..., None], 0, qmax)
+    codes = codes.reshape(vocab, blocks * block)[:, :hidden].astype(np.uint8)
+    return codes, scale.astype(np.float32), zero.astype(np.uint8)
+
+
+def _pack(values, bits: int) -> bytes:
+    import numpy as np
+
+    flat = values.reshape(-1).astype(np.uint8)
+    if bits == 8:
+        return flat.tobytes()
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return ((flat[0::2] & 0xF) | ((flat[1::2] & 0xF) << 4)).astype(np.uint8).tobytes()
+
+
+# --- files ----------------------------------------------------------------------------------------------------
+
+
+def save_model(proto, out: Path) -> list[str]:
+    """Write model.onnx, with its weights in model.onnx.data when the model is too big for one protobuf."""
+    import onnx
+
+    weights = sum(_nbytes(i) for i in proto.graph.initializer)
+    path = out / MODEL_FILE
+    if weights < EXTERNAL_DATA_BYTES:
+        onnx.save_model(proto, path)
+        return [MODEL_FILE]
+    onnx.save_model(
+        proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024
+    )
+    return [MODEL_FILE, DATA_FILE]
+
+
+def _nbytes(tensor) -> int:
+    return len(tensor.raw_data) if tensor.HasField("raw_data") else 0
+
+
+def genai_config(config, request: ExportRequest) -> dict:
+    """onnxruntime-genai's config for the folder: the decoder's interface, sizes, special ids, search defaults."""
+    gen = _generation_config(request.checkpoint)
+    eos = gen.get("eos_token_id", config.eos_token_id)
+    eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    pad = config.pad_token_id if config.pad_token_id is not None else gen.get("pad_token_id", eos[0])
+    bos = gen.get("bos_token_id", config.bos_token_id)
+    decoder = {
+        "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+        "filename": MODEL_FILE,
+        "head_size": head_dim(config),
+        "hidden_size": config.hidden_size,
+        "inputs": {
+            "input_ids": "input_ids",
+            "attention_mask": "attention_mask",
+            "position_ids": "position_ids",
+            "past_key_names": "past_key_values.%d.key",
+            "past_value_names": "past_key_values.%d.value",
+        },
+        "outputs": {
+            "logits": "logits",
+            "present_key_names": "present.%d.key",
+            "present_value_names": "present.%d.value",
+        },
+        "num_attention_heads": config.num_attention_heads,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_key_value_heads": config.num_key_value_heads,
+    }
+    search = {
+        "diversity_penalty": 0.0,
+        "do_sample": bool(gen.get("do_sample", False)),
+        "early_stopping": True,
+        "length_penalty": 1.0,
+        "max_length": request.max_seq_len,
+        "min_length": 0,
+        "no_repeat_ngram_size": 0,
+        "num_beams": 1,
+        "num_return_sequences": 1,
+        "past_present_share_buffer": False,
+        "repetition_penalty": float(gen.get("repetition_penalty", 1.0)),
+        "temperature": float(gen.get("temperature", 1.0)),
+        "top_k": int(gen.get("top_k", 50 if gen.get("do_sample") else 1)),
+        "top_p": float(gen.get("top_p", 1.0)),
+    }
+    return {
+        "model": {
+            "bos_token_id": bos,
+            "context_length": request.max_seq_len,
+            "decoder": decoder,
+            "eos_token_id": eos if len(eos) > 1 else eos[0],
+            "pad_token_id": pad,
+            "type": config.model_type,
+            "vocab_size": config.vocab_size,
+        },
+        "search": search,
+    }
+
+
+def _generation_config(checkpoint) -> dict:
+    path = checkpoint.tokenizer_files.get("generation_config.json")
+    return json.loads(path.read_text()) if path else {}
+
+
+def _details(config, recipe) -> dict:
+    return {
+        "opset": OPSET,
+        "num_layers": config.num_hidden_layers,
+        "num_kv_heads": config.num_key_value_heads,
+        "head_dim": head_dim(config),
+        "vocab_size": config.vocab_size,
+        "kv_dtype": recipe.dtype,
+        "sliding_window": effective_window(config),
+        "inputs": io_names(config.num_hidden_layers)["inputs"],
+        "outputs": io_names(config.num_hidden_layers)["outputs"],
+    }
