@@ -10,13 +10,18 @@
                    A tied embedding is stored twice once quantized (a gather table and a matmul weight).
                  from an export folder: the bytes of the artifact's files.
     kv_cache     sum over layers of  2 (K and V) * kv_heads * head_dim * kv_bytes * min(context, window_layer)
-                   window_layer = sliding_window for layers that ``layer_types`` marks sliding, else unbounded
-                   (transformers' static cache, which the exporters build on, allocates exactly that).
-                   kv_bytes = 2 for Core ML (fp16 state), else the recipe's dtype.
+                   window_layer = sliding_window for layers that ``layer_types`` marks sliding (or every layer
+                   when a config has a window but no ``layer_types``), else unbounded; and unbounded for every
+                   layer when the artifact's cache is full-length. Today's three exporters all keep a
+                   full-length cache and apply the window in the attention mask (see their docstrings), so
+                   ``KV_WINDOW_AWARE`` is False for each; an artifact whose cache is a ring buffer says so with
+                   ``details["kv_cache_window_aware"] = true``.
+                   kv_bytes = 2 for Core ML (fp16 state), else the recipe's dtype (or ``details["kv_cache_dtype"]``).
     overhead     runtime_base + activations
                    activations = 4 * chunk * (vocab + 2 * hidden + intermediate + heads * context)
-                   (fp32 logits, residual and MLP buffers, one layer's attention scores for a prefill chunk of
-                   ``chunk`` = 128 tokens); runtime_base per runtime in ``RUNTIMES``.
+                   (fp32 logits, residual and MLP buffers, one layer's attention scores for a prefill chunk:
+                   ``chunk`` = 128 tokens, an app prefilling a long prompt in pieces, or
+                   ``details["prefill_chunk"]``); runtime_base per runtime in ``RUNTIMES``.
 
 All results are bytes. ``docs/memory.md`` states the same formula with a worked example.
 """
@@ -49,6 +54,9 @@ RUNTIMES = {
     "coreml": RuntimeCost(120 * MIB, kv_dtype="float16"),
 }
 TARGET_RUNTIME = {"executorch": "executorch", "onnx": "onnxruntime", "coreml": "coreml"}
+# Whether each exporter's KV cache holds only the window for sliding layers (see the module docstring).
+KV_WINDOW_AWARE = {"executorch": False, "onnx": False, "coreml": False}
+NOT_WEIGHTS = (".json", ".jinja", ".txt", ".md", ".model")  # config and tokenizer files beside an artifact
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class Geometry:
             vocab_size=int(cfg["vocab_size"]),
             context_length=int(cfg.get("max_position_embeddings") or 2048),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
-            windows=_windows(cfg.get("layer_types"), cfg.get("sliding_window"), layers),
+            windows=_windows(cfg.get("layer_types"), _window(cfg), layers),
         )
 
     @classmethod
@@ -112,8 +120,10 @@ class Geometry:
     def kv_bytes_per_token(self, kv_bytes: int) -> int:
         return 2 * self.num_kv_heads * self.head_dim * kv_bytes
 
-    def kv_cache(self, context: int, kv_bytes: int) -> int:
+    def kv_cache(self, context: int, kv_bytes: int, window_aware: bool = True) -> int:
         per_token = self.kv_bytes_per_token(kv_bytes)
+        if not window_aware:
+            return per_token * context * self.num_layers
         return sum(per_token * (context if w is None else min(context, w)) for w in self.windows)
 
     def activations(self, context: int, chunk: int = PREFILL_CHUNK) -> int:
@@ -122,9 +132,18 @@ class Geometry:
         return 4 * chunk * per_token
 
 
+def _window(cfg: dict) -> int | None:
+    """The window the model applies: Qwen2-style configs carry one they do not use (use_sliding_window false)."""
+    if cfg.get("use_sliding_window") is False:
+        return None
+    return cfg.get("sliding_window") or None
+
+
 def _windows(layer_types: list[str] | None, sliding_window: int | None, layers: int) -> tuple[int | None, ...]:
-    if not layer_types or not sliding_window:
+    if not sliding_window:
         return (None,) * layers
+    if not layer_types:  # e.g. Mistral: one window for every layer
+        return (int(sliding_window),) * layers
     return tuple(int(sliding_window) if t in SLIDING_TYPES else None for t in layer_types[:layers])
 
 
@@ -219,10 +238,13 @@ class Footprint:
     weights: int
     runtime: str  # executorch | onnxruntime | coreml
     kv_bytes: int
+    window_aware: bool = False
+    chunk: int = PREFILL_CHUNK
 
     def at(self, context: int) -> Estimate:
-        overhead = RUNTIMES[self.runtime].base_bytes + self.geometry.activations(context)
-        return Estimate(self.weights, self.geometry.kv_cache(context, self.kv_bytes), overhead, context)
+        overhead = RUNTIMES[self.runtime].base_bytes + self.geometry.activations(context, self.chunk)
+        kv = self.geometry.kv_cache(context, self.kv_bytes, self.window_aware)
+        return Estimate(self.weights, kv, overhead, context)
 
     def max_context(self, budget: int, limit: int | None = None) -> int:
         """The largest context (<= ``limit``, default the model's) whose total fits ``budget``; 0 if none."""
@@ -239,7 +261,8 @@ def footprint(config: dict, recipe, target: str, num_parameters: int | None = No
     """Before export: from a config dict and a recipe, for one target (executorch | onnx | coreml)."""
     geom = Geometry.from_config(config)
     runtime = TARGET_RUNTIME[target]
-    return Footprint(geom, weight_bytes(geom, recipe, num_parameters).total, runtime, _kv_bytes(runtime, recipe.dtype))
+    weights = weight_bytes(geom, recipe, num_parameters).total
+    return Footprint(geom, weights, runtime, _kv_bytes(runtime, recipe.dtype), KV_WINDOW_AWARE[target])
 
 
 def artifact_footprints(folder: str | Path) -> list[tuple[Any, Footprint]]:
@@ -257,8 +280,13 @@ def artifact_footprints(folder: str | Path) -> list[tuple[Any, Footprint]]:
     for art_file in sorted(folder.glob(f"*/{ARTIFACT_FILE}")):
         artifact = Artifact.read(art_file.parent)
         runtime = artifact.runtime if artifact.runtime in RUNTIMES else TARGET_RUNTIME.get(artifact.target, "executorch")
-        weights = sum(_size(folder / f) for f in artifact.files)
-        found.append((artifact, Footprint(geom, weights, runtime, _kv_bytes(runtime, dtype))))
+        weights = sum(_size(folder / f) for f in artifact.files if not f.endswith(NOT_WEIGHTS))
+        details = artifact.details or {}
+        kv_dtype = details.get("kv_cache_dtype")
+        kv_bytes = DTYPE_BYTES[kv_dtype] if kv_dtype else _kv_bytes(runtime, dtype)
+        window_aware = bool(details.get("kv_cache_window_aware", KV_WINDOW_AWARE.get(artifact.target, False)))
+        chunk = int(details.get("prefill_chunk") or PREFILL_CHUNK)
+        found.append((artifact, Footprint(geom, weights, runtime, kv_bytes, window_aware, chunk)))
     if not found:
         raise ArtifactError(f"{folder} holds no artifacts (no */{ARTIFACT_FILE}).")
     return found

@@ -34,6 +34,7 @@ class Candidate:
     target: str
     footprint: Footprint
     context_limit: int  # the model's context, or the artifact's max_seq_len
+    path: str | None = None  # the artifact's path in its export folder (after export)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class DevicePlan:
     reason: str
     estimate: Estimate | None = None  # at max_context, for the chosen candidate
     extended: str | None = None  # the requirement of the extended limit the plan relies on, if any
+    artifact: str | None = None  # the chosen artifact's path, when planning an export folder
 
     @property
     def cloud_only(self) -> bool:
@@ -54,6 +56,7 @@ class DevicePlan:
         return {
             "device": self.device,
             "target": self.target,
+            "artifact": self.artifact,
             "recipe": self.recipe,
             "cloud_only": self.cloud_only,
             "max_context": self.max_context,
@@ -93,7 +96,7 @@ def plan_export(
 ) -> list[DevicePlan]:
     """Plan the artifacts of an export folder: their real sizes, their recipe, up to their max_seq_len."""
     candidates = [
-        Candidate(art.recipe, art.target, fp, art.max_seq_len) for art, fp in artifact_footprints(folder)
+        Candidate(art.recipe, art.target, fp, art.max_seq_len, art.path) for art, fp in artifact_footprints(folder)
     ]
     return [choose(device, candidates, min_context) for device in _devices(devices)]
 
@@ -136,7 +139,7 @@ def _fit(device: Device, cand: Candidate, extended: bool, min_context: int) -> D
         f"{context} tokens + {_gib(est.overhead)} runtime = {_gib(est.total)} of a {_gib(budget)} budget "
         f"({device.limit_text(extended)}, less {device.memory.headroom_gb:g} GiB headroom)"
     )
-    return DevicePlan(device.name, cand.target, cand.recipe, context, reason, est, requires)
+    return DevicePlan(device.name, cand.target, cand.recipe, context, reason, est, requires, cand.path)
 
 
 def _too_big(device: Device, usable: list[Candidate], min_context: int, extended: bool) -> DevicePlan:
@@ -163,15 +166,15 @@ def _no_runtime(device: Device, candidates: list[Candidate]) -> DevicePlan:
 
 
 def devices_section(plans: list[DevicePlan]) -> list[dict]:
-    """The manifest's ``devices`` section: one entry per device."""
+    """The manifest's ``devices`` section (manifest.schema.json): one entry per device. ``artifact`` is the
+    artifact's path for plans of an export folder (``plan_export``), the target name before export."""
     return [
         {
             "device": p.device,
-            "artifact": p.target,
-            "recipe": p.recipe,
+            "artifact": p.artifact or p.target,
             "cloud_only": p.cloud_only,
             "reason": p.reason,
-            "max_context": p.max_context,
+            "max_context": p.max_context or None,
         }
         for p in plans
     ]
