@@ -1,0 +1,333 @@
+"""Stage 5, package: ``manifest.json``, what an app reads at run time.
+
+It says which artifact to load (and whether it is intact: sha256 and bytes of every file), what it needs
+(KV cache at full context, estimated peak memory, minimum runtime), how it scored against the reference
+(parity), which device gets which artifact, and where a request goes when the device cannot serve it
+(the cloud fallback). Built from the export folder alone: export.json, every ``*/artifact.json``,
+parity.json (absent after ``--no-parity``), the tokenizer folder. Validated against the shipped JSON
+Schema before it is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from edgepack import __version__
+from edgepack.errors import ManifestError
+from edgepack.exporters import ARTIFACT_FILE, Artifact
+from edgepack.paths import DATA_DIR
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+SCHEMAS_DIR = DATA_DIR / "schemas"
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+# Shapes the memory estimates need, from export.json's "checkpoint" section.
+SHAPE_FIELDS = ("num_layers", "num_kv_heads", "head_dim", "hidden_size", "num_attention_heads", "vocab_size")
+_NOT_WEIGHTS = (".json", ".jinja", ".txt", ".md", ".model")
+
+
+def schema(name: str = "manifest") -> dict:
+    path = SCHEMAS_DIR / f"{name}.schema.json"
+    if not path.is_file():
+        shipped = sorted(p.name.removesuffix(".schema.json") for p in SCHEMAS_DIR.glob("*.schema.json"))
+        raise ManifestError(f"No schema named {name!r}. Shipped schemas: {', '.join(shipped)}.")
+    return json.loads(path.read_text())
+
+
+def validate_manifest(data: Any, source: str = MANIFEST_FILE) -> None:
+    """Raise ManifestError listing every schema violation (path and message), or return."""
+    from jsonschema import Draft202012Validator
+
+    errors = sorted(Draft202012Validator(schema()).iter_errors(data), key=lambda e: list(map(str, e.path)))
+    if errors:
+        lines = "\n".join(f"  - {'.'.join(map(str, e.path)) or '<top>'}: {e.message}" for e in errors)
+        raise ManifestError(f"{source} does not match the manifest schema v{SCHEMA_VERSION}:\n{lines}")
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"{path} does not exist. Export first (edgepack export), or pass a bundle folder.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}).") from None
+    validate_manifest(data, str(path))
+    return data
+
+
+# --- digests ------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_files(root: Path, paths: Iterable[str]) -> list[str]:
+    """Relative POSIX paths of every file under ``paths`` (folders expanded), sorted, without duplicates."""
+    found = set()
+    for rel in paths:
+        full = root / rel
+        if full.is_dir():
+            found.update(p.relative_to(root).as_posix() for p in full.rglob("*") if p.is_file())
+        elif full.is_file():
+            found.add(Path(rel).as_posix())
+        else:
+            raise ManifestError(f"{full} is listed by the export but does not exist. Re-export into a fresh folder.")
+    return sorted(found)
+
+
+def file_entries(root: Path, paths: Iterable[str]) -> list[dict]:
+    return [{"path": p, "sha256": sha256_file(root / p), "bytes": (root / p).stat().st_size} for p in list_files(root, paths)]
+
+
+def tree_digest(entries: list[dict]) -> str:
+    """A folder's digest (e.g. an .mlpackage): sha256 over sorted ``path\\0sha256\\n`` lines, paths relative to it."""
+    h = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: e["path"]):
+        h.update(f"{e['path']}\0{e['sha256']}\n".encode())
+    return h.hexdigest()
+
+
+def path_digest(root: Path, rel: str, entries: list[dict]) -> str:
+    if (root / rel).is_file():
+        return next(e["sha256"] for e in entries if e["path"] == rel)
+    prefix = rel.rstrip("/") + "/"
+    inner = [{**e, "path": e["path"][len(prefix) :]} for e in entries if e["path"].startswith(prefix)]
+    return tree_digest(inner)
+
+
+# --- memory -------------------------------------------------------------------------------------------
+
+
+def kv_cache_bytes(shape: dict, context: int, dtype_bytes: int, window_aware: bool) -> int:
+    """K and V for every layer at ``context`` tokens: layers x kv_heads x head_dim x 2 x bytes x tokens.
+
+    A sliding-window layer holds only ``sliding_window`` tokens when the runtime's cache is a ring buffer
+    (``window_aware``); exports whose cache is sized to the full context (the window applied by the mask)
+    pay for every token.
+    """
+    per_token = shape["num_kv_heads"] * shape["head_dim"] * 2 * dtype_bytes
+    window = shape.get("sliding_window")
+    total = 0
+    for kind in layer_types(shape):
+        tokens = min(context, window) if window_aware and window and kind == "sliding_attention" else context
+        total += per_token * tokens
+    return total
+
+
+def layer_types(shape: dict) -> list[str]:
+    types = shape.get("layer_types")
+    if types:
+        return list(types)
+    kind = "sliding_attention" if shape.get("sliding_window") else "full_attention"
+    return [kind] * shape["num_layers"]
+
+
+def workspace_bytes(shape: dict, context: int, chunk: int) -> int:
+    """fp32 activations of one prefill chunk at full context: hidden states (x4 live), attention scores, logits."""
+    per_token = 4 * shape["hidden_size"] + shape["num_attention_heads"] * context + shape["vocab_size"]
+    return 4 * chunk * per_token
+
+
+# --- the manifest -------------------------------------------------------------------------------------
+
+
+def build_manifest(export_root: str | Path, fallback=None, devices=None) -> dict:
+    """The manifest of an export folder, validated against the schema (``fallback``: a ``Fallback`` or None)."""
+    from edgepack.fallback import disabled
+
+    root = Path(export_root)
+    export = _read_json(root / "export.json", "is it an edgepack export folder?")
+    ckpt = export.get("checkpoint") or {}
+    missing = [k for k in ("model_id", "weights_digest", "context_length", *SHAPE_FIELDS) if ckpt.get(k) is None]
+    if missing:
+        raise ManifestError(f"{root / 'export.json'}: checkpoint section lacks {', '.join(missing)}. Re-export.")
+    parity = _read_json(root / "parity.json", "") if (root / "parity.json").is_file() else None
+    artifacts = [_artifact(root, a, ckpt, export, parity) for a in _artifacts(root)]
+    if not artifacts:
+        raise ManifestError(f"{root} holds no */{ARTIFACT_FILE}: nothing was exported.")
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "edgepack_version": export.get("edgepack_version", __version__),
+        "model": _model(ckpt),
+        "tokenizer": _tokenizer(root),
+        "generation": _generation(root, ckpt, export),
+        "recipe": {"name": export["recipe"]["name"], "digest": export.get("recipe_digest", "")},
+        "artifacts": artifacts,
+        "devices": [_plain(d) for d in devices or []],
+        "fallback": (fallback or disabled()).to_manifest(ckpt["model_id"]),
+    }
+    validate_manifest(manifest, str(root / MANIFEST_FILE))
+    _check_devices(manifest)
+    return manifest
+
+
+def write_manifest(export_root: str | Path, fallback=None, devices=None) -> Path:
+    """Build, validate and write ``export_root/manifest.json`` atomically; returns its path."""
+    root = Path(export_root)
+    manifest = build_manifest(root, fallback, devices)
+    return write_json_atomic(root / MANIFEST_FILE, manifest)
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _read_json(path: Path, hint: str) -> dict:
+    if not path.is_file():
+        raise ManifestError(f"{path} does not exist{'; ' + hint if hint else ''}.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}).") from None
+
+
+def _artifacts(root: Path) -> list[Artifact]:
+    out = []
+    for f in sorted(root.glob(f"*/{ARTIFACT_FILE}")):
+        try:
+            out.append(Artifact.read(f.parent))
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{f} is not a valid artifact record ({exc}). Re-export.") from None
+    return out
+
+
+def _artifact(root: Path, a: Artifact, ckpt: dict, export: dict, parity: dict | None) -> dict:
+    files = file_entries(root, [a.path, *a.files])
+    kv_dtype = a.details.get("kv_cache_dtype") or ("float16" if a.target == "coreml" else export["recipe"].get("dtype", "float32"))
+    window_aware = bool(a.details.get("kv_cache_window_aware", False))
+    kv = kv_cache_bytes(ckpt, a.max_seq_len, DTYPE_BYTES[kv_dtype], window_aware)
+    weights = sum(f["bytes"] for f in files if not f["path"].endswith(_NOT_WEIGHTS))
+    work = workspace_bytes(ckpt, a.max_seq_len, int(a.details.get("prefill_chunk", a.max_seq_len)))
+    return {
+        "target": a.target,
+        "runtime": a.runtime,
+        "path": Path(a.path).as_posix(),
+        "min_runtime": a.min_runtime,
+        "sha256": path_digest(root, Path(a.path).as_posix(), files),
+        "bytes": sum(f["bytes"] for f in files),
+        "files": files,
+        "recipe": a.recipe,
+        "weight_bits": a.weight_bits,
+        "max_seq_len": a.max_seq_len,
+        "kv_cache_bytes": kv,
+        "peak_memory_bytes": weights + kv + work,
+        "memory": {"weights_bytes": weights, "kv_cache_bytes": kv, "workspace_bytes": work,
+                   "kv_cache_dtype": kv_dtype, "window_aware": window_aware},  # fmt: skip
+        "unhonoured": list(a.unhonoured),
+        "parity": _parity(a, parity),
+    }
+
+
+def _parity(a: Artifact, parity: dict | None) -> dict:
+    not_run = {"status": "not_run", "metrics": None, "thresholds": None, "failures": []}
+    if parity is None:
+        return not_run
+    for entry in parity.get("artifacts", []):
+        if entry.get("target") == a.target and entry.get("path") == a.path:
+            return {
+                "status": "passed" if entry.get("passed") else "failed",
+                "metrics": entry.get("metrics"),
+                "thresholds": entry.get("thresholds"),
+                "failures": entry.get("failures", []),
+            }
+    return not_run
+
+
+def _model(ckpt: dict) -> dict:
+    return {
+        "id": ckpt["model_id"],
+        "architecture": ckpt.get("architecture", ""),
+        "model_type": ckpt.get("model_type", ""),
+        "num_parameters": int(ckpt.get("num_parameters") or 0),
+        "license": ckpt.get("license"),
+        "dtype": ckpt.get("dtype", ""),
+        "source": {"source": str(ckpt.get("source", "")), "weights_digest": ckpt["weights_digest"]},
+    }
+
+
+def _tokenizer(root: Path) -> dict:
+    folder = root / "tokenizer"
+    if not folder.is_dir():
+        raise ManifestError(f"{folder} does not exist: the export must copy the tokenizer.")
+    config = _optional_json(folder / "tokenizer_config.json")
+    gen = _optional_json(folder / "generation_config.json")
+    vocab = _token_ids(folder / "tokenizer.json")
+    ids = {name: _token_id(gen.get(f"{name}_token_id"), config.get(f"{name}_token"), vocab) for name in ("bos", "eos", "pad")}
+    template = None
+    if (folder / "chat_template.jinja").is_file():
+        template = {"path": "tokenizer/chat_template.jinja", "source": "file"}
+    elif config.get("chat_template"):
+        template = {"path": "tokenizer/tokenizer_config.json", "source": "tokenizer_config"}
+    return {
+        "files": file_entries(root, ["tokenizer"]),
+        "bos_token_id": _first(ids["bos"]),
+        "eos_token_ids": ids["eos"],
+        "pad_token_id": _first(ids["pad"]),
+        "chat_template": template,
+    }
+
+
+def _generation(root: Path, ckpt: dict, export: dict) -> dict:
+    gen = _optional_json(root / "tokenizer" / "generation_config.json")
+    sampling = {k: gen.get(k) for k in ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")}
+    eos = gen.get("eos_token_id")
+    return {
+        "context_length": int(ckpt["context_length"]),
+        "max_seq_len": int(export.get("max_seq_len") or ckpt["context_length"]),
+        "sampling": {k: v for k, v in sampling.items() if v is not None},
+        "stop_token_ids": sorted(set(eos if isinstance(eos, list) else [eos] if eos is not None else [])),
+    }
+
+
+def _optional_json(path: Path) -> dict:
+    return _read_json(path, "") if path.is_file() else {}
+
+
+def _token_ids(path: Path) -> dict[str, int]:
+    if not path.is_file():
+        return {}
+    data = _read_json(path, "")
+    vocab = dict((data.get("model") or {}).get("vocab") or {}) if isinstance((data.get("model") or {}).get("vocab"), dict) else {}
+    vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
+    return vocab
+
+
+def _token_id(from_gen, token, vocab: dict[str, int]) -> list[int]:
+    """Ids from generation_config (int or list), else the tokenizer_config's token string looked up in the vocab."""
+    if from_gen is not None:
+        return sorted(set(from_gen if isinstance(from_gen, list) else [from_gen]))
+    text = token.get("content") if isinstance(token, dict) else token
+    return [vocab[text]] if text in vocab else []
+
+
+def _first(ids: list[int]) -> int | None:
+    return ids[0] if ids else None
+
+
+def _plain(entry) -> dict:
+    if dataclasses.is_dataclass(entry):
+        return dataclasses.asdict(entry)
+    return entry.model_dump(mode="json") if hasattr(entry, "model_dump") else dict(entry)
+
+
+def _check_devices(manifest: dict) -> None:
+    paths = {a["path"] for a in manifest["artifacts"]}
+    bad = [d["device"] for d in manifest["devices"] if d["artifact"] is not None and d["artifact"] not in paths]
+    if bad:
+        raise ManifestError(f"devices {', '.join(bad)} name artifacts not in this export (have: {', '.join(sorted(paths))}).")
