@@ -192,7 +192,7 @@ def checkpoint_record(checkpoint: Checkpoint) -> dict:
         "sliding_window": checkpoint.sliding_window,
         "layer_types": cfg.get("layer_types"),
         "num_layers": cfg.get("num_hidden_layers"),
-        "num_heads": heads,
+        "num_attention_heads": heads,
         "num_kv_heads": cfg.get("num_key_value_heads") or heads,
         "head_dim": cfg.get("head_dim") or (hidden // heads if hidden and heads else None),
         "hidden_size": hidden,

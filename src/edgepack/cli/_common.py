@@ -68,8 +68,10 @@ class Progress:
             return
         import time
 
+        from rich.markup import escape
+
         elapsed = time.perf_counter() - self._start
-        self._console.print(f"[dim]{elapsed:7.1f}s[/dim] {message}")
+        self._console.print(f"[dim]{elapsed:7.1f}s[/dim] {escape(message)}")
         if self._status is None and self._console.is_terminal:
             self._status = self._console.status("working...")
             self._status.start()
