@@ -1,0 +1,142 @@
+"""``edgepack bundle``: per-platform app bundles (a folder and a zip each) from an export folder.
+
+iOS gets the Core ML package, Android the .pte and the ONNX model; both get the tokenizer and a manifest
+narrowed to their artifacts. Identical inputs give byte-identical outputs: files in sorted order, fixed
+timestamps and permissions, a fixed compression level. The export is checked against its manifest before
+anything is copied, and OUT appears all at once (built in a temporary sibling, then renamed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgepack.errors import ManifestError, ParityError, VerifyError
+from edgepack.manifest import MANIFEST_FILE, read_manifest, validate_manifest, write_json_atomic
+
+PLATFORMS = {"ios": ("coreml",), "android": ("executorch", "onnx")}
+EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry can hold
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass
+class Bundle:
+    platform: str
+    folder: Path
+    zip: Path
+    files: int
+    bytes: int
+    artifacts: list[str]
+
+
+def write_bundle(
+    export_root: str | Path, out: str | Path, platform: str = "all", *, force: bool = False,
+    allow_failed_parity: bool = False,
+) -> list[Bundle]:  # fmt: skip
+    """Write OUT/<platform>/ and OUT/<platform>.zip for each platform; returns what was written."""
+    from edgepack.verify import check_files
+
+    root, out = Path(export_root), Path(out)
+    manifest = read_manifest(root)
+    problems = check_files(root, manifest)
+    if problems:
+        raise VerifyError(f"{root} no longer matches its manifest; re-export it:\n" + "\n".join(f"  - {p}" for p in problems))
+    platforms = _platforms(platform, manifest, root)
+    _check_parity(manifest, platforms, allow_failed_parity)
+    if out.exists() and not force:
+        raise ManifestError(f"{out} already exists. Delete it, pass --force, or choose another --out.")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        bundles = [_write_platform(root, manifest, p, tmp) for p in platforms]
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [Bundle(b.platform, out / b.platform, out / f"{b.platform}.zip", b.files, b.bytes, b.artifacts) for b in bundles]
+
+
+def _platforms(platform: str, manifest: dict, root: Path) -> list[str]:
+    if platform not in (*PLATFORMS, "all"):
+        raise ManifestError(f"Unknown platform {platform!r}. Choose ios, android or all.")
+    targets = {a["target"] for a in manifest["artifacts"]}
+    wanted = list(PLATFORMS) if platform == "all" else [platform]
+    usable = [p for p in wanted if targets & set(PLATFORMS[p])]
+    if platform != "all" and not usable:
+        needs = " or ".join(PLATFORMS[platform])
+        raise ManifestError(f"{root} has no {needs} artifact for {platform}. Export with --targets {PLATFORMS[platform][0]}.")
+    if not usable:
+        raise ManifestError(f"{root} has no artifact for any platform.")
+    return usable
+
+
+def _check_parity(manifest: dict, platforms: list[str], allow_failed: bool) -> None:
+    targets = {t for p in platforms for t in PLATFORMS[p]}
+    failed = [a["path"] for a in manifest["artifacts"] if a["target"] in targets and a["parity"]["status"] == "failed"]
+    if failed and not allow_failed:
+        raise ParityError(
+            f"{', '.join(failed)} failed parity (see parity.md); refusing to bundle. Pass --allow-failed-parity "
+            "to bundle anyway (verify will still fail)."
+        )
+
+
+def platform_manifest(manifest: dict, platform: str) -> dict:
+    """The manifest narrowed to one platform's artifacts (and the devices that use them or the cloud)."""
+    artifacts = [a for a in manifest["artifacts"] if a["target"] in PLATFORMS[platform]]
+    paths = {a["path"] for a in artifacts}
+    devices = [d for d in manifest["devices"] if d["artifact"] is None or d["artifact"] in paths]
+    narrowed = {**manifest, "artifacts": artifacts, "devices": devices, "bundle": {"platform": platform}}
+    validate_manifest(narrowed, f"{platform} manifest")
+    return narrowed
+
+
+def _write_platform(root: Path, manifest: dict, platform: str, tmp: Path) -> Bundle:
+    narrowed = platform_manifest(manifest, platform)
+    folder = tmp / platform
+    rels = [e["path"] for e in narrowed["tokenizer"]["files"]]
+    rels += [f["path"] for a in narrowed["artifacts"] for f in a["files"]]
+    for rel in sorted(set(rels)):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rel, folder / rel)
+    write_json_atomic(folder / MANIFEST_FILE, narrowed)
+    _normalise(folder)
+    files = _zip(folder, tmp / f"{platform}.zip")
+    size = sum((folder / f).stat().st_size for f in files)
+    return Bundle(platform, folder, tmp / f"{platform}.zip", len(files), size, [a["path"] for a in narrowed["artifacts"]])
+
+
+def _normalise(folder: Path) -> None:
+    """Fixed permissions and timestamps, so copies of the folder compare equal too."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        os.utime(path, (EPOCH, EPOCH))
+    os.chmod(folder, 0o755)
+    os.utime(folder, (EPOCH, EPOCH))
+
+
+def _zip(folder: Path, archive: Path) -> list[str]:
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    with zipfile.ZipFile(archive, "w") as zf:
+        for rel in files:
+            info = zipfile.ZipInfo(rel, date_time=ZIP_TIME)
+            info.external_attr = 0o100644 << 16
+            info.create_system = 3  # unix, whatever the host
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.file_size = (folder / rel).stat().st_size  # lets zipfile pick zip64 up front for big files
+            with open(folder / rel, "rb") as src, zf.open(info, "w") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+    os.chmod(archive, 0o644)
+    os.utime(archive, (EPOCH, EPOCH))
+    return files
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Swap the finished tree into place; an old OUT is removed only after the new one is there."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

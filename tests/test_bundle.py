@@ -1,0 +1,144 @@
+"""Bundles are byte-identical across runs; verify passes on a fresh one and fails (exit 1) on tampering."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zipfile
+
+import pytest
+from click.testing import CliRunner
+from fake_export import make_export
+
+from edgepack.bundle import write_bundle
+from edgepack.cli import main
+from edgepack.errors import ManifestError, ParityError
+from edgepack.manifest import write_manifest
+
+HF_TOKEN = "hf_" + "Zq3" * 12  # built at run time so this file holds no token-shaped literal
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    root = make_export(tmp_path_factory.mktemp("export") / "out")
+    write_manifest(root)
+    return root
+
+
+def _tree(folder):
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mode, p.stat().st_mtime)
+            for p in sorted(folder.rglob("*"))  if p.is_file()}  # fmt: skip
+
+
+def _bundle(export, out, *args):
+    result = CliRunner().invoke(main, ["bundle", str(export), "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _verify(path, *args):
+    return CliRunner().invoke(main, ["verify", str(path), *args])
+
+
+def test_two_runs_are_byte_identical(export, tmp_path):
+    a = _bundle(export, tmp_path / "a")
+    b = _bundle(export, tmp_path / "b")
+    for platform in ("ios", "android"):
+        assert _tree(a / platform) == _tree(b / platform)
+        assert (a / f"{platform}.zip").read_bytes() == (b / f"{platform}.zip").read_bytes()
+    digest = hashlib.sha256((a / "ios.zip").read_bytes()).hexdigest()
+    again = _bundle(export, tmp_path / "a", "--force")  # replacing an existing bundle gives the same bytes
+    assert hashlib.sha256((again / "ios.zip").read_bytes()).hexdigest() == digest
+
+
+def test_platform_contents(export, tmp_path):
+    out = _bundle(export, tmp_path / "b")
+    ios = sorted(_tree(out / "ios"))
+    assert "manifest.json" in ios and "tokenizer/tokenizer.json" in ios
+    assert all(not p.startswith(("onnx/", "executorch/")) for p in ios)
+    assert any(p.startswith("coreml/model.mlpackage/") for p in ios)
+    android = sorted(_tree(out / "android"))
+    assert {"executorch/model.pte", "onnx/model.onnx", "onnx/model.onnx.data"} <= set(android)
+    assert not any(p.startswith("coreml/") for p in android)
+    manifest = json.loads((out / "android/manifest.json").read_text())
+    assert manifest["bundle"] == {"platform": "android"}
+    assert [a["target"] for a in manifest["artifacts"]] == ["executorch", "onnx"]
+    with zipfile.ZipFile(out / "android.zip") as zf:
+        assert zf.namelist() == android  # sorted, no prefix
+        assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        assert {i.external_attr >> 16 for i in zf.infolist()} == {0o100644}
+    assert {oct(p.stat().st_mode & 0o777) for p in (out / "ios").rglob("*") if p.is_file()} == {"0o644"}
+
+
+def test_verify_passes_on_fresh_bundle_folder_and_zip(export, tmp_path):
+    out = _bundle(export, tmp_path / "b")
+    for path in (out / "ios", out / "android", out / "ios.zip", out / "android.zip"):
+        result = _verify(path)
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"ok: {path} (bundle)")
+
+
+def test_verify_fails_on_planted_token(export, tmp_path):
+    out = _bundle(export, tmp_path / "b")
+    config = out / "android/onnx/genai_config.json"
+    config.write_text(config.read_text().replace('"model"', f'"api": "{HF_TOKEN}", "model"', 1))
+    (out / "android/notes.txt").write_text("curl -H 'Authorization: Bearer abcdefgh12345678' ...")
+    pem = out / "android/tokenizer/tokenizer.json"
+    pem.write_bytes(pem.read_bytes() + b"\n-----BEGIN RSA PRIVATE KEY-----\n")
+    result = _verify(out / "android")
+    assert result.exit_code == 1
+    assert "onnx/genai_config.json (byte 12): Hugging Face token 'hf_Zq3...' (39 chars)" in result.output
+    assert "notes.txt (byte 9): Authorization header" in result.output
+    assert "tokenizer/tokenizer.json" in result.output and "private key" in result.output
+    assert "notes.txt: not listed in the manifest" in result.output
+    assert HF_TOKEN not in result.output
+
+
+def test_verify_fails_on_changed_byte_and_missing_file(export, tmp_path):
+    out = _bundle(export, tmp_path / "b")
+    pte = out / "android/executorch/model.pte"
+    data = bytearray(pte.read_bytes())
+    data[100] ^= 1
+    pte.write_bytes(bytes(data))
+    weight = next((out / "ios").rglob("weight.bin"))
+    weight.unlink()
+    changed = _verify(out / "android")
+    assert changed.exit_code == 1
+    assert "executorch/model.pte: sha256" in changed.output and "(changed after export)" in changed.output
+    missing = _verify(out / "ios")
+    assert missing.exit_code == 1
+    assert "coreml/model.mlpackage/Data/com.apple.CoreML/weights/weight.bin: missing" in missing.output
+
+
+def test_verify_fails_on_parity(tmp_path):
+    failed = make_export(tmp_path / "failed", parity="failed")
+    write_manifest(failed)
+    with pytest.raises(ParityError, match="onnx/model.onnx failed parity"):
+        write_bundle(failed, tmp_path / "x", "android")
+    out = _bundle(failed, tmp_path / "b", "--platform", "android", "--allow-failed-parity")
+    result = _verify(out / "android")
+    assert result.exit_code == 1 and "onnx/model.onnx: parity failed: cosine 0.91 (threshold 0.99)" in result.output
+    assert _verify(out.parent / "b/android").exit_code == 1
+    unrun = make_export(tmp_path / "unrun", parity=None)
+    write_manifest(unrun)
+    out = _bundle(unrun, tmp_path / "c", "--platform", "ios")
+    assert "parity was not run" in _verify(out / "ios").output
+    assert _verify(out / "ios", "--allow-no-parity").exit_code == 0
+
+
+def test_bundle_errors(export, tmp_path):
+    only_android = make_export(tmp_path / "ex", targets=("executorch",))
+    write_manifest(only_android)
+    with pytest.raises(ManifestError, match="has no coreml artifact for ios. Export with --targets coreml"):
+        write_bundle(only_android, tmp_path / "o", "ios")
+    assert [b.platform for b in write_bundle(only_android, tmp_path / "o", "all")] == ["android"]
+    result = CliRunner().invoke(main, ["bundle", str(only_android), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "already exists. Delete it, pass --force" in result.output
+    # A source export that changed after its manifest was written is refused before anything is copied.
+    tampered = tmp_path / "t"
+    shutil.copytree(export, tampered)
+    (tampered / "tokenizer/chat_template.jinja").write_text("changed")
+    result = CliRunner().invoke(main, ["bundle", str(tampered), "--out", str(tmp_path / "never")])
+    assert result.exit_code == 1 and "no longer matches its manifest" in result.output
+    assert not (tmp_path / "never").exists()
