@@ -102,7 +102,7 @@ class Geometry:
         try:
             return cls.from_config(
                 {
-                    "num_attention_heads": record["num_heads"],
+                    "num_attention_heads": record.get("num_attention_heads") or record["num_heads"],
                     "num_key_value_heads": record.get("num_kv_heads"),
                     "head_dim": record.get("head_dim"),
                     "hidden_size": record["hidden_size"],
