@@ -69,9 +69,12 @@ def test_kv_cache_and_peak_memory_by_hand(export):
     assert arts["executorch"]["kv_cache_bytes"] == 30 * 3 * 64 * 2 * 4 * 2048 == 94_371_840  # fp32 cache
     assert arts["coreml"]["kv_cache_bytes"] == 30 * 3 * 64 * 2 * 2 * 2048  # Core ML state is fp16
     ex = arts["executorch"]
-    workspace = 4 * 2048 * (4 * 576 + 9 * 2048 + 49152)
-    assert ex["memory"]["workspace_bytes"] == workspace
-    assert ex["peak_memory_bytes"] == 6000 + ex["kv_cache_bytes"] + workspace
+    # overhead: ExecuTorch's 40 MiB base + fp32 activations of a 128-token prefill chunk (edgepack.memory):
+    # logits (vocab) + 2 x hidden + MLP (4 x hidden when the record has no intermediate size) + scores (heads x ctx)
+    overhead = 40 * 2**20 + 4 * 128 * (49152 + 2 * 576 + 4 * 576 + 9 * 2048)
+    assert ex["memory"]["overhead_bytes"] == overhead
+    assert ex["memory"]["weights_bytes"] == 6000  # the .pte; json and tokenizer files are not weights
+    assert ex["peak_memory_bytes"] == 6000 + ex["kv_cache_bytes"] + overhead
 
 
 def test_kv_cache_is_window_aware_for_ring_buffer_caches(tmp_path):
@@ -119,6 +122,8 @@ def test_devices_section_is_validated(export):
                {"device": "watch", "artifact": None, "cloud_only": True, "reason": "too little memory",
                 "max_context": None}]  # fmt: skip
     assert build_manifest(export, devices=devices)["devices"] == devices
+    by_target = build_manifest(export, devices=[{**devices[0], "artifact": "coreml"}])  # a plan made before export
+    assert by_target["devices"][0]["artifact"] == "coreml/model.mlpackage"
     with pytest.raises(ManifestError, match="name artifacts not in this export"):
         build_manifest(export, devices=[{**devices[0], "artifact": "coreml/other.mlpackage"}])
     with pytest.raises(ManifestError, match="devices.0: 'cloud_only' is a required property"):

@@ -25,10 +25,8 @@ from edgepack.paths import DATA_DIR
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 SCHEMAS_DIR = DATA_DIR / "schemas"
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 # Shapes the memory estimates need, from export.json's "checkpoint" section.
 SHAPE_FIELDS = ("num_layers", "num_kv_heads", "head_dim", "hidden_size", "num_attention_heads", "vocab_size")
-_NOT_WEIGHTS = (".json", ".jinja", ".txt", ".md", ".model")
 
 
 def schema(name: str = "manifest") -> dict:
@@ -108,39 +106,6 @@ def path_digest(root: Path, rel: str, entries: list[dict]) -> str:
     return tree_digest(inner)
 
 
-# --- memory -------------------------------------------------------------------------------------------
-
-
-def kv_cache_bytes(shape: dict, context: int, dtype_bytes: int, window_aware: bool) -> int:
-    """K and V for every layer at ``context`` tokens: layers x kv_heads x head_dim x 2 x bytes x tokens.
-
-    A sliding-window layer holds only ``sliding_window`` tokens when the runtime's cache is a ring buffer
-    (``window_aware``); exports whose cache is sized to the full context (the window applied by the mask)
-    pay for every token.
-    """
-    per_token = shape["num_kv_heads"] * shape["head_dim"] * 2 * dtype_bytes
-    window = shape.get("sliding_window")
-    total = 0
-    for kind in layer_types(shape):
-        tokens = min(context, window) if window_aware and window and kind == "sliding_attention" else context
-        total += per_token * tokens
-    return total
-
-
-def layer_types(shape: dict) -> list[str]:
-    types = shape.get("layer_types")
-    if types:
-        return list(types)
-    kind = "sliding_attention" if shape.get("sliding_window") else "full_attention"
-    return [kind] * shape["num_layers"]
-
-
-def workspace_bytes(shape: dict, context: int, chunk: int) -> int:
-    """fp32 activations of one prefill chunk at full context: hidden states (x4 live), attention scores, logits."""
-    per_token = 4 * shape["hidden_size"] + shape["num_attention_heads"] * context + shape["vocab_size"]
-    return 4 * chunk * per_token
-
-
 # --- the manifest -------------------------------------------------------------------------------------
 
 
@@ -155,7 +120,7 @@ def build_manifest(export_root: str | Path, fallback=None, devices=None) -> dict
     if missing:
         raise ManifestError(f"{root / 'export.json'}: checkpoint section lacks {', '.join(missing)}. Re-export.")
     parity = _read_json(root / "parity.json", "") if (root / "parity.json").is_file() else None
-    artifacts = [_artifact(root, a, ckpt, export, parity) for a in _artifacts(root)]
+    artifacts = [_artifact(root, a, fp, parity) for a, fp in _footprints(root)]
     if not artifacts:
         raise ManifestError(f"{root} holds no */{ARTIFACT_FILE}: nothing was exported.")
     manifest = {
@@ -166,7 +131,7 @@ def build_manifest(export_root: str | Path, fallback=None, devices=None) -> dict
         "generation": _generation(root, ckpt, export),
         "recipe": {"name": export["recipe"]["name"], "digest": export.get("recipe_digest", "")},
         "artifacts": artifacts,
-        "devices": [_plain(d) for d in devices or []],
+        "devices": _devices(devices or [], artifacts),
         "fallback": (fallback or disabled()).to_manifest(ckpt["model_id"]),
     }
     validate_manifest(manifest, str(root / MANIFEST_FILE))
@@ -197,23 +162,20 @@ def _read_json(path: Path, hint: str) -> dict:
         raise ManifestError(f"{path} is not valid JSON ({exc}).") from None
 
 
-def _artifacts(root: Path) -> list[Artifact]:
-    out = []
-    for f in sorted(root.glob(f"*/{ARTIFACT_FILE}")):
-        try:
-            out.append(Artifact.read(f.parent))
-        except (TypeError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"{f} is not a valid artifact record ({exc}). Re-export.") from None
-    return out
+def _footprints(root: Path) -> list:
+    """(Artifact, memory Footprint) per artifact: the same estimate ``edgepack plan`` uses for devices."""
+    from edgepack.memory import artifact_footprints
+
+    try:
+        return artifact_footprints(root)
+    except (TypeError, KeyError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{root}: an {ARTIFACT_FILE} is not a valid artifact record ({exc}). Re-export.") from None
 
 
-def _artifact(root: Path, a: Artifact, ckpt: dict, export: dict, parity: dict | None) -> dict:
+def _artifact(root: Path, a: Artifact, footprint, parity: dict | None) -> dict:
+    """One artifact: its files and digests, what it needs at its full context, its parity summary."""
     files = file_entries(root, [a.path, *a.files])
-    kv_dtype = a.details.get("kv_cache_dtype") or ("float16" if a.target == "coreml" else export["recipe"].get("dtype", "float32"))
-    window_aware = bool(a.details.get("kv_cache_window_aware", False))
-    kv = kv_cache_bytes(ckpt, a.max_seq_len, DTYPE_BYTES[kv_dtype], window_aware)
-    weights = sum(f["bytes"] for f in files if not f["path"].endswith(_NOT_WEIGHTS))
-    work = workspace_bytes(ckpt, a.max_seq_len, int(a.details.get("prefill_chunk", a.max_seq_len)))
+    need = footprint.at(a.max_seq_len)
     return {
         "target": a.target,
         "runtime": a.runtime,
@@ -225,10 +187,10 @@ def _artifact(root: Path, a: Artifact, ckpt: dict, export: dict, parity: dict | 
         "recipe": a.recipe,
         "weight_bits": a.weight_bits,
         "max_seq_len": a.max_seq_len,
-        "kv_cache_bytes": kv,
-        "peak_memory_bytes": weights + kv + work,
-        "memory": {"weights_bytes": weights, "kv_cache_bytes": kv, "workspace_bytes": work,
-                   "kv_cache_dtype": kv_dtype, "window_aware": window_aware},  # fmt: skip
+        "kv_cache_bytes": need.kv_cache,
+        "peak_memory_bytes": need.total,
+        "memory": {"weights_bytes": need.weights, "kv_cache_bytes": need.kv_cache, "overhead_bytes": need.overhead,
+                   "kv_cache_bytes_per_element": footprint.kv_bytes, "window_aware": footprint.window_aware},  # fmt: skip
         "unhonoured": list(a.unhonoured),
         "parity": _parity(a, parity),
     }
@@ -318,6 +280,18 @@ def _token_id(from_gen, token, vocab: dict[str, int]) -> list[int]:
 
 def _first(ids: list[int]) -> int | None:
     return ids[0] if ids else None
+
+
+def _devices(devices: list, artifacts: list[dict]) -> list[dict]:
+    """The planner's entries; an artifact named by its target (a plan made before export) becomes its path."""
+    by_target = {a["target"]: a["path"] for a in artifacts}
+    out = []
+    for d in devices:
+        entry = _plain(d)
+        if entry.get("artifact") in by_target:
+            entry["artifact"] = by_target[entry["artifact"]]
+        out.append(entry)
+    return out
 
 
 def _plain(entry) -> dict:
