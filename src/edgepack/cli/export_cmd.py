@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgepack.cli._common import Progress, handle_errors, print_json, quiet_libraries
+from edgepack.cli._fallback import FALLBACK_PARAMS, fallback_from_cli, fallback_options
 from edgepack.cli.parity_cmd import parity_threshold_options, thresholds_from
 
 
@@ -21,18 +22,17 @@ from edgepack.cli.parity_cmd import parity_threshold_options, thresholds_from
 @parity_threshold_options
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled weights (*.bin, *.pt): they can run code.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a checkpoint that needs custom code (auto_map).")
-@click.option("--fallback", "fallback_file", type=click.Path(exists=True, dir_okay=False),
-              help="Cloud fallback config (YAML) for the manifest.")
+@fallback_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @handle_errors
 def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, allow_pickle, trust_remote_code,
-           fallback_file, quiet, as_json, **threshold_flags):
+           quiet, as_json, **flags):
     """Export MODEL (a local HF folder, a .gguf file or a hub id) to on-device artifacts."""
     quiet_libraries()
     from edgepack.pipeline import export as run_export
 
-    fallback = _fallback(fallback_file)
+    fallback = fallback_from_cli(**{k: flags.pop(k) for k in FALLBACK_PARAMS})
     with Progress(quiet or as_json) as progress:
         result = run_export(
             model,
@@ -42,7 +42,7 @@ def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, 
             max_seq_len=max_seq_len,
             force=force,
             parity=not no_parity,
-            parity_options={"prompts_file": prompts, "thresholds": thresholds_from(threshold_flags)},
+            parity_options={"prompts_file": prompts, "thresholds": thresholds_from(flags)},
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
             fallback=fallback,
@@ -52,14 +52,6 @@ def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, 
         print_json(result.summary())
     elif not quiet:
         _print_summary(result)
-
-
-def _fallback(path):
-    if not path:
-        return None
-    from edgepack.fallback import load_fallback
-
-    return load_fallback(path)
 
 
 def _print_summary(result) -> None:
