@@ -55,7 +55,10 @@ def tokenizer_files(folder: Path) -> None:
         "version": "1.0", "model": {"type": "BPE", "vocab": vocab, "merges": []},
         "added_tokens": [{"id": i, "content": t, "special": True} for t, i in vocab.items() if i < 5],
     })  # fmt: skip
-    _write(folder / "tokenizer_config.json", {"bos_token": "<s>", "eos_token": "<|im_end|>", "pad_token": "<pad>"})
+    _write(
+        folder / "tokenizer_config.json",
+        {"bos_token": "<s>", "eos_token": "<|im_end|>", "pad_token": "<pad>"},
+    )
     _write(folder / "generation_config.json", {"bos_token_id": 1, "eos_token_id": [2, 4], "do_sample": True,
                                                "temperature": 0.2, "top_p": 0.9})  # fmt: skip
     _write(folder / "chat_template.jinja", "{% for m in messages %}{{ m['content'] }}{% endfor %}")

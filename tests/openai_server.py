@@ -33,7 +33,9 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 self._json(200, STATE["log"])
         elif self.path.endswith("/models"):
-            self._json(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in STATE["script"]]})
+            self._json(
+                200, {"object": "list", "data": [{"id": m, "object": "model"} for m in STATE["script"]]}
+            )
         else:
             self._json(404, {"error": "not found"})
 

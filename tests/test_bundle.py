@@ -9,12 +9,12 @@ import zipfile
 
 import pytest
 from click.testing import CliRunner
-from fake_export import make_export
 
 from edgepack.bundle import write_bundle
 from edgepack.cli import main
 from edgepack.errors import ManifestError, ParityError
 from edgepack.manifest import write_manifest
+from fake_export import make_export
 
 HF_TOKEN = "hf_" + "Zq3" * 12  # built at run time so this file holds no token-shaped literal
 
@@ -118,7 +118,10 @@ def test_verify_fails_on_parity(tmp_path):
         write_bundle(failed, tmp_path / "x", "android")
     out = _bundle(failed, tmp_path / "b", "--platform", "android", "--allow-failed-parity")
     result = _verify(out / "android")
-    assert result.exit_code == 1 and "onnx/model.onnx: parity failed: cosine 0.91 (threshold 0.99)" in result.output
+    assert (
+        result.exit_code == 1
+        and "onnx/model.onnx: parity failed: cosine 0.91 (threshold 0.99)" in result.output
+    )
     assert _verify(out.parent / "b/android").exit_code == 1
     unrun = make_export(tmp_path / "unrun", parity=None)
     write_manifest(unrun)

@@ -7,13 +7,13 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from fake_export import METRICS, SMOLLM2, make_export
 
 from edgepack.cli import main
 from edgepack.cli._fallback import fallback_from_cli
 from edgepack.errors import ConfigError, ManifestError
 from edgepack.fallback import PROVIDER_IDS, Auth, CloudModel, Fallback, load_fallback
 from edgepack.manifest import build_manifest, read_manifest, schema, validate_manifest, write_manifest
+from fake_export import METRICS, SMOLLM2, make_export
 
 OAUTH = Auth(kind="user_oauth")
 
@@ -85,7 +85,9 @@ def test_kv_cache_is_window_aware_for_ring_buffer_caches(tmp_path):
                        details={"executorch": {"kv_cache_window_aware": True}})  # fmt: skip
     full = make_export(tmp_path / "full", targets=("executorch",), checkpoint=shape)
     per_token = 1 * 256 * 2 * 4
-    assert _by_target(build_manifest(ring))["executorch"]["kv_cache_bytes"] == per_token * (2 * 512 + 2 * 2048)
+    assert _by_target(build_manifest(ring))["executorch"]["kv_cache_bytes"] == per_token * (
+        2 * 512 + 2 * 2048
+    )
     assert _by_target(build_manifest(full))["executorch"]["kv_cache_bytes"] == per_token * 4 * 2048
 
 
@@ -100,7 +102,9 @@ def test_parity_absent_is_recorded_as_not_run_and_failures_are_kept(tmp_path):
 
 def test_no_fallback_means_device_only(export):
     fb = build_manifest(export)["fallback"]
-    assert fb["mode"] == "on_device_only" and fb["privacy"]["cloud_allowed"] is False and fb["candidates"] == []
+    assert (
+        fb["mode"] == "on_device_only" and fb["privacy"]["cloud_allowed"] is False and fb["candidates"] == []
+    )
 
 
 def test_fallback_candidates_follow_the_provider_policy(export):
@@ -122,7 +126,9 @@ def test_devices_section_is_validated(export):
                {"device": "watch", "artifact": None, "cloud_only": True, "reason": "too little memory",
                 "max_context": None}]  # fmt: skip
     assert build_manifest(export, devices=devices)["devices"] == devices
-    by_target = build_manifest(export, devices=[{**devices[0], "artifact": "coreml"}])  # a plan made before export
+    by_target = build_manifest(
+        export, devices=[{**devices[0], "artifact": "coreml"}]
+    )  # a plan made before export
     assert by_target["devices"][0]["artifact"] == "coreml/model.mlpackage"
     with pytest.raises(ManifestError, match="name artifacts not in this export"):
         build_manifest(export, devices=[{**devices[0], "artifact": "coreml/other.mlpackage"}])
@@ -213,12 +219,19 @@ def test_known_providers_cover_huggingface_hub():
 def test_fallback_from_cli_flags_override_file(tmp_path):
     assert fallback_from_cli() is None
     cfg = tmp_path / "fb.yaml"
-    cfg.write_text("mode: prefer_on_device\nauth: {kind: user_oauth}\nmodel: {policy: cheapest}\nretries: {count: 1}\n")
+    cfg.write_text(
+        "mode: prefer_on_device\nauth: {kind: user_oauth}\nmodel: {policy: cheapest}\nretries: {count: 1}\n"
+    )
     fb = fallback_from_cli(fallback_config=str(cfg), providers="groq=4,together", fallback_retries=3,
                            bill_to="acme", fallback_mode="prefer_cloud")  # fmt: skip
     assert fb.mode == "prefer_cloud" and fb.retries.count == 3 and fb.bill_to == "acme"
-    assert fb.model.policy is None and [(p.id, p.timeout_s) for p in fb.model.providers] == [("groq", 4), ("together", None)]
+    assert fb.model.policy is None and [(p.id, p.timeout_s) for p in fb.model.providers] == [
+        ("groq", 4),
+        ("together", None),
+    ]
     with pytest.raises(ConfigError, match="unknown provider 'grok'"):
         fallback_from_cli(fallback_auth="user_oauth", providers="grok")
-    proxy = fallback_from_cli(proxy_url="https://api.example.com/llm", fallback_model="acme/big", cloud_twin="larger")
+    proxy = fallback_from_cli(
+        proxy_url="https://api.example.com/llm", fallback_model="acme/big", cloud_twin="larger"
+    )
     assert proxy.auth.kind == "proxy" and proxy.model.id == "acme/big"

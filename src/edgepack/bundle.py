@@ -43,7 +43,10 @@ def write_bundle(
     manifest = read_manifest(root)
     problems = check_files(root, manifest)
     if problems:
-        raise VerifyError(f"{root} no longer matches its manifest; re-export it:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise VerifyError(
+            f"{root} no longer matches its manifest; re-export it:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
     platforms = _platforms(platform, manifest, root)
     _check_parity(manifest, platforms, allow_failed_parity)
     if out.exists() and not force:
@@ -56,7 +59,10 @@ def write_bundle(
         _replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return [Bundle(b.platform, out / b.platform, out / f"{b.platform}.zip", b.files, b.bytes, b.artifacts) for b in bundles]
+    return [
+        Bundle(b.platform, out / b.platform, out / f"{b.platform}.zip", b.files, b.bytes, b.artifacts)
+        for b in bundles
+    ]
 
 
 def _platforms(platform: str, manifest: dict, root: Path) -> list[str]:
@@ -67,7 +73,9 @@ def _platforms(platform: str, manifest: dict, root: Path) -> list[str]:
     usable = [p for p in wanted if targets & set(PLATFORMS[p])]
     if platform != "all" and not usable:
         needs = " or ".join(PLATFORMS[platform])
-        raise ManifestError(f"{root} has no {needs} artifact for {platform}. Export with --targets {PLATFORMS[platform][0]}.")
+        raise ManifestError(
+            f"{root} has no {needs} artifact for {platform}. Export with --targets {PLATFORMS[platform][0]}."
+        )
     if not usable:
         raise ManifestError(f"{root} has no artifact for any platform.")
     return usable
@@ -75,7 +83,11 @@ def _platforms(platform: str, manifest: dict, root: Path) -> list[str]:
 
 def _check_parity(manifest: dict, platforms: list[str], allow_failed: bool) -> None:
     targets = {t for p in platforms for t in PLATFORMS[p]}
-    failed = [a["path"] for a in manifest["artifacts"] if a["target"] in targets and a["parity"]["status"] == "failed"]
+    failed = [
+        a["path"]
+        for a in manifest["artifacts"]
+        if a["target"] in targets and a["parity"]["status"] == "failed"
+    ]
     if failed and not allow_failed:
         raise ParityError(
             f"{', '.join(failed)} failed parity (see parity.md); refusing to bundle. Pass --allow-failed-parity "
@@ -105,7 +117,14 @@ def _write_platform(root: Path, manifest: dict, platform: str, tmp: Path) -> Bun
     _normalise(folder)
     files = _zip(folder, tmp / f"{platform}.zip")
     size = sum((folder / f).stat().st_size for f in files)
-    return Bundle(platform, folder, tmp / f"{platform}.zip", len(files), size, [a["path"] for a in narrowed["artifacts"]])
+    return Bundle(
+        platform,
+        folder,
+        tmp / f"{platform}.zip",
+        len(files),
+        size,
+        [a["path"] for a in narrowed["artifacts"]],
+    )
 
 
 def _normalise(folder: Path) -> None:

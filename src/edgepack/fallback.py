@@ -49,7 +49,9 @@ class Provider(Strict):
 
 class CloudModel(Strict):
     id: str | None = Field(None, description="hub id without suffix; null = the exported model (twin 'same')")
-    twin: Literal["same", "larger"] = Field("same", description="the exported model unquantized, or a sibling")
+    twin: Literal["same", "larger"] = Field(
+        "same", description="the exported model unquantized, or a sibling"
+    )
     policy: Literal["fastest", "cheapest", "preferred"] | None = None
     providers: list[Provider] = Field(default_factory=list, description="ordered; tried in turn")
 
@@ -65,13 +67,15 @@ class CloudModel(Strict):
         if value is None:
             return None
         if ":" in value:
-            raise ValueError(f"{value!r}: put the provider policy in 'policy' or 'providers', not a ':' suffix")
+            raise ValueError(
+                f"{value!r}: put the provider policy in 'policy' or 'providers', not a ':' suffix"
+            )
         if not _HUB_ID.match(value):
             raise ValueError(f"{value!r} is not a hub model id (owner/name)")
         return value
 
     @model_validator(mode="after")
-    def _one_policy(self) -> "CloudModel":
+    def _one_policy(self) -> CloudModel:
         if self.policy and self.providers:
             raise ValueError("set either 'policy' or 'providers', not both")
         if self.twin == "larger" and not self.id:
@@ -82,7 +86,10 @@ class CloudModel(Strict):
         """The model strings to try, in order, each with its per-attempt timeout."""
         if not self.providers:
             return [{"model": f"{model_id}:{self.policy or 'fastest'}", "timeout_s": default_timeout}]
-        return [{"model": f"{model_id}:{p.id}", "timeout_s": p.timeout_s or default_timeout} for p in self.providers]
+        return [
+            {"model": f"{model_id}:{p.id}", "timeout_s": p.timeout_s or default_timeout}
+            for p in self.providers
+        ]
 
 
 class Triggers(Strict):
@@ -97,7 +104,9 @@ class Triggers(Strict):
         "serious", description="fall back at this thermal state or worse; null = never"
     )
     low_power_mode: bool = True
-    battery_below: float | None = Field(0.2, ge=0, le=1, description="battery fraction (not charging); null = never")
+    battery_below: float | None = Field(
+        0.2, ge=0, le=1, description="battery fraction (not charging); null = never"
+    )
 
 
 class Retries(Strict):
@@ -119,11 +128,13 @@ class Retries(Strict):
 
 class Auth(Strict):
     kind: Literal["proxy", "user_oauth"]
-    proxy_url: str | None = Field(None, description="the app's backend; it adds the HF token and X-HF-Bill-To")
+    proxy_url: str | None = Field(
+        None, description="the app's backend; it adds the HF token and X-HF-Bill-To"
+    )
     scope: Literal["inference-api"] = "inference-api"
 
     @model_validator(mode="after")
-    def _check(self) -> "Auth":
+    def _check(self) -> Auth:
         if self.kind == "proxy" and not self.proxy_url:
             raise ValueError("auth kind 'proxy' needs proxy_url (your backend's OpenAI-compatible base URL)")
         if self.kind == "user_oauth" and self.proxy_url:
@@ -148,7 +159,9 @@ class Fallback(Strict):
     deadline_s: float = Field(60.0, gt=0, le=3600, description="overall, retries and providers included")
     stream: bool = True
     auth: Auth | None = None
-    bill_to: str | None = Field(None, pattern=r"^[A-Za-z0-9][\w.-]*$", description="org billed (X-HF-Bill-To)")
+    bill_to: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][\w.-]*$", description="org billed (X-HF-Bill-To)"
+    )
     privacy: Privacy = Privacy()
 
     @field_validator("endpoint")
@@ -157,14 +170,18 @@ class Fallback(Strict):
         return _check_url(value)
 
     @model_validator(mode="after")
-    def _coherent(self) -> "Fallback":
+    def _coherent(self) -> Fallback:
         problems = []
         if self.uses_cloud and self.auth is None:
-            problems.append(f"mode {self.mode} calls the cloud: set auth.kind to 'proxy' (with proxy_url) or 'user_oauth'")
+            problems.append(
+                f"mode {self.mode} calls the cloud: set auth.kind to 'proxy' (with proxy_url) or 'user_oauth'"
+            )
         if not self.privacy.cloud_allowed and self.mode in ("prefer_cloud", "cloud_only"):
             problems.append(f"mode {self.mode} contradicts privacy.cloud_allowed: false")
         if self.deadline_s < self.attempt_timeout_s:
-            problems.append(f"deadline_s ({self.deadline_s}) is shorter than attempt_timeout_s ({self.attempt_timeout_s})")
+            problems.append(
+                f"deadline_s ({self.deadline_s}) is shorter than attempt_timeout_s ({self.attempt_timeout_s})"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -178,15 +195,14 @@ class Fallback(Strict):
         data = self.model_dump(mode="json")
         model_id = self.model.id or exported_model_id
         if self.uses_cloud and not (model_id and _HUB_ID.match(model_id)):
-            raise ConfigError(
-                "fallback",
-                [f"model.id: the exported model {exported_model_id!r} is not a hub id; name the cloud model "
-                 "with --fallback-model owner/name"],
-            )  # fmt: skip
+            hint = f"model.id: the exported model {exported_model_id!r} is not a hub id; name the cloud model"
+            raise ConfigError("fallback", [f"{hint} with --fallback-model owner/name"])
         data["model"]["id"] = model_id
         if not self.model.providers:
             data["model"]["policy"] = self.model.policy or "fastest"
-        data["candidates"] = self.model.candidates(model_id, self.attempt_timeout_s) if self.uses_cloud else []
+        data["candidates"] = (
+            self.model.candidates(model_id, self.attempt_timeout_s) if self.uses_cloud else []
+        )
         return data
 
 
@@ -229,5 +245,7 @@ def merge(base: dict, overrides: dict) -> dict:
     """Deep-merge ``overrides`` (from flags) into ``base`` (from a file)."""
     out = dict(base)
     for key, value in overrides.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out

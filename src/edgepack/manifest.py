@@ -14,8 +14,9 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from edgepack import __version__
 from edgepack.errors import ManifestError
@@ -52,7 +53,9 @@ def read_manifest(path: str | Path) -> dict:
     if path.is_dir():
         path = path / MANIFEST_FILE
     if not path.is_file():
-        raise ManifestError(f"{path} does not exist. Export first (edgepack export), or pass a bundle folder.")
+        raise ManifestError(
+            f"{path} does not exist. Export first (edgepack export), or pass a bundle folder."
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -82,12 +85,17 @@ def list_files(root: Path, paths: Iterable[str]) -> list[str]:
         elif full.is_file():
             found.add(Path(rel).as_posix())
         else:
-            raise ManifestError(f"{full} is listed by the export but does not exist. Re-export into a fresh folder.")
+            raise ManifestError(
+                f"{full} is listed by the export but does not exist. Re-export into a fresh folder."
+            )
     return sorted(found)
 
 
 def file_entries(root: Path, paths: Iterable[str]) -> list[dict]:
-    return [{"path": p, "sha256": sha256_file(root / p), "bytes": (root / p).stat().st_size} for p in list_files(root, paths)]
+    return [
+        {"path": p, "sha256": sha256_file(root / p), "bytes": (root / p).stat().st_size}
+        for p in list_files(root, paths)
+    ]
 
 
 def tree_digest(entries: list[dict]) -> str:
@@ -116,9 +124,13 @@ def build_manifest(export_root: str | Path, fallback=None, devices=None) -> dict
     root = Path(export_root)
     export = _read_json(root / "export.json", "is it an edgepack export folder?")
     ckpt = export.get("checkpoint") or {}
-    missing = [k for k in ("model_id", "weights_digest", "context_length", *SHAPE_FIELDS) if ckpt.get(k) is None]
+    missing = [
+        k for k in ("model_id", "weights_digest", "context_length", *SHAPE_FIELDS) if ckpt.get(k) is None
+    ]
     if missing:
-        raise ManifestError(f"{root / 'export.json'}: checkpoint section lacks {', '.join(missing)}. Re-export.")
+        raise ManifestError(
+            f"{root / 'export.json'}: checkpoint section lacks {', '.join(missing)}. Re-export."
+        )
     parity = _read_json(root / "parity.json", "") if (root / "parity.json").is_file() else None
     artifacts = [_artifact(root, a, fp, parity) for a, fp in _footprints(root)]
     if not artifacts:
@@ -169,7 +181,9 @@ def _footprints(root: Path) -> list:
     try:
         return artifact_footprints(root)
     except (TypeError, KeyError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{root}: an {ARTIFACT_FILE} is not a valid artifact record ({exc}). Re-export.") from None
+        raise ManifestError(
+            f"{root}: an {ARTIFACT_FILE} is not a valid artifact record ({exc}). Re-export."
+        ) from None
 
 
 def _artifact(root: Path, a: Artifact, footprint, parity: dict | None) -> dict:
@@ -189,8 +203,13 @@ def _artifact(root: Path, a: Artifact, footprint, parity: dict | None) -> dict:
         "max_seq_len": a.max_seq_len,
         "kv_cache_bytes": need.kv_cache,
         "peak_memory_bytes": need.total,
-        "memory": {"weights_bytes": need.weights, "kv_cache_bytes": need.kv_cache, "overhead_bytes": need.overhead,
-                   "kv_cache_bytes_per_element": footprint.kv_bytes, "window_aware": footprint.window_aware},  # fmt: skip
+        "memory": {
+            "weights_bytes": need.weights,
+            "kv_cache_bytes": need.kv_cache,
+            "overhead_bytes": need.overhead,
+            "kv_cache_bytes_per_element": footprint.kv_bytes,
+            "window_aware": footprint.window_aware,
+        },
         "unhonoured": list(a.unhonoured),
         "parity": _parity(a, parity),
     }
@@ -230,7 +249,10 @@ def _tokenizer(root: Path) -> dict:
     config = _optional_json(folder / "tokenizer_config.json")
     gen = _optional_json(folder / "generation_config.json")
     vocab = _token_ids(folder / "tokenizer.json")
-    ids = {name: _token_id(gen.get(f"{name}_token_id"), config.get(f"{name}_token"), vocab) for name in ("bos", "eos", "pad")}
+    ids = {
+        name: _token_id(gen.get(f"{name}_token_id"), config.get(f"{name}_token"), vocab)
+        for name in ("bos", "eos", "pad")
+    }
     template = None
     if (folder / "chat_template.jinja").is_file():
         template = {"path": "tokenizer/chat_template.jinja", "source": "file"}
@@ -247,7 +269,10 @@ def _tokenizer(root: Path) -> dict:
 
 def _generation(root: Path, ckpt: dict, export: dict) -> dict:
     gen = _optional_json(root / "tokenizer" / "generation_config.json")
-    sampling = {k: gen.get(k) for k in ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")}
+    sampling = {
+        k: gen.get(k)
+        for k in ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
+    }
     eos = gen.get("eos_token_id")
     return {
         "context_length": int(ckpt["context_length"]),
@@ -265,7 +290,11 @@ def _token_ids(path: Path) -> dict[str, int]:
     if not path.is_file():
         return {}
     data = _read_json(path, "")
-    vocab = dict((data.get("model") or {}).get("vocab") or {}) if isinstance((data.get("model") or {}).get("vocab"), dict) else {}
+    vocab = (
+        dict((data.get("model") or {}).get("vocab") or {})
+        if isinstance((data.get("model") or {}).get("vocab"), dict)
+        else {}
+    )
     vocab.update({t["content"]: t["id"] for t in data.get("added_tokens", [])})
     return vocab
 
@@ -302,6 +331,10 @@ def _plain(entry) -> dict:
 
 def _check_devices(manifest: dict) -> None:
     paths = {a["path"] for a in manifest["artifacts"]}
-    bad = [d["device"] for d in manifest["devices"] if d["artifact"] is not None and d["artifact"] not in paths]
+    bad = [
+        d["device"] for d in manifest["devices"] if d["artifact"] is not None and d["artifact"] not in paths
+    ]
     if bad:
-        raise ManifestError(f"devices {', '.join(bad)} name artifacts not in this export (have: {', '.join(sorted(paths))}).")
+        raise ManifestError(
+            f"devices {', '.join(bad)} name artifacts not in this export (have: {', '.join(sorted(paths))})."
+        )

@@ -23,7 +23,16 @@ PATTERNS: dict[str, re.Pattern[bytes]] = {
     "AWS access key": re.compile(rb"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
 }
 # Config keys that can only mean a credential was pasted in.
-CREDENTIAL_KEYS = {"token", "hf_token", "api_key", "apikey", "authorization", "password", "secret", "access_token"}
+CREDENTIAL_KEYS = {
+    "token",
+    "hf_token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "password",
+    "secret",
+    "access_token",
+}
 
 _CHUNK = 1 << 22
 _OVERLAP = 4096  # longer than any match, so a secret split across two reads is still seen

@@ -41,7 +41,9 @@ def verify_bundle(path: str | Path, *, allow_no_parity: bool = False) -> VerifyR
     elif path.is_dir():
         report = _verify_folder(path, str(path), allow_no_parity)
     else:
-        raise ManifestError(f"{path} is neither a bundle folder nor a .zip. Pass what `edgepack bundle` wrote.")
+        raise ManifestError(
+            f"{path} is neither a bundle folder nor a .zip. Pass what `edgepack bundle` wrote."
+        )
     if report.problems:
         lines = "\n".join(f"  - {p}" for p in report.problems)
         raise VerifyError(f"{path} failed verification: {len(report.problems)} problem(s)\n{lines}")
@@ -59,7 +61,9 @@ def check_files(root: Path, manifest: dict) -> list[str]:
         if full.exists() and not any(p.startswith(a["path"]) for p in problems):
             actual = path_digest(root, a["path"], a["files"])
             if actual != a["sha256"]:
-                problems.append(f"{a['path']}: artifact sha256 {actual[:12]}... != manifest {a['sha256'][:12]}...")
+                problems.append(
+                    f"{a['path']}: artifact sha256 {actual[:12]}... != manifest {a['sha256'][:12]}..."
+                )
     return problems
 
 
@@ -72,7 +76,9 @@ def _check_entry(root: Path, e: dict) -> list[str]:
         return [f"{e['path']}: {size} bytes, manifest says {e['bytes']}"]
     digest = sha256_file(full)
     if digest != e["sha256"]:
-        return [f"{e['path']}: sha256 {digest[:12]}... != manifest {e['sha256'][:12]}... (changed after export)"]
+        return [
+            f"{e['path']}: sha256 {digest[:12]}... != manifest {e['sha256'][:12]}... (changed after export)"
+        ]
     return []
 
 
@@ -103,7 +109,9 @@ def _parity(manifest: dict, allow_no_parity: bool) -> list[str]:
     for a in manifest["artifacts"]:
         status = a["parity"]["status"]
         if status == "failed":
-            failed = ", ".join(f"{f['metric']} {f['value']} (threshold {f['threshold']})" for f in a["parity"]["failures"])
+            failed = ", ".join(
+                f"{f['metric']} {f['value']} (threshold {f['threshold']})" for f in a["parity"]["failures"]
+            )
             problems.append(f"{a['path']}: parity failed: {failed or 'see parity.md'}")
         elif status == "not_run" and not allow_no_parity:
             problems.append(f"{a['path']}: parity was not run (exported with --no-parity); run `edgepack parity` "
@@ -124,5 +132,7 @@ def _extract(archive: Path, dest: Path) -> None:
         for name in zf.namelist():
             target = (dest / name).resolve()
             if not target.is_relative_to(dest.resolve()):
-                raise VerifyError(f"{archive}: entry {name!r} escapes the archive folder; refusing to extract it.")
+                raise VerifyError(
+                    f"{archive}: entry {name!r} escapes the archive folder; refusing to extract it."
+                )
         zf.extractall(dest)

@@ -16,12 +16,22 @@ from edgepack.cli._common import handle_errors, print_json
 
 
 @click.command()
-@click.option("--manifest", "manifest_path", required=True, type=click.Path(exists=True), help="manifest.json (or its folder).")
+@click.option(
+    "--manifest",
+    "manifest_path",
+    required=True,
+    type=click.Path(exists=True),
+    help="manifest.json (or its folder).",
+)
 @click.option("--device-state", "state_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--request", "request_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Decide only; do not call the cloud.")
-@click.option("--token-env", default="HF_TOKEN", show_default=True,
-              help="Environment variable holding the user's OAuth token (auth user_oauth); never stored.")
+@click.option(
+    "--token-env",
+    default="HF_TOKEN",
+    show_default=True,
+    help="Environment variable holding the user's OAuth token (auth user_oauth); never stored.",
+)
 @handle_errors
 def route(manifest_path, state_path, request_path, dry_run, token_env):
     """Route the chat request REQUEST for the device in DEVICE-STATE per the manifest's fallback section."""
@@ -37,8 +47,12 @@ def route(manifest_path, state_path, request_path, dry_run, token_env):
         from edgepack.router.client import complete
 
         stream = manifest["fallback"]["stream"] if request.get("stream") is None else request["stream"]
-        echo = (lambda d: click.echo(d, nl=False, err=True)) if stream else None  # tokens as they come, on stderr
-        result = complete(manifest["fallback"], request, token=os.environ.get(token_env), stream=stream, on_delta=echo)
+        echo = (
+            (lambda d: click.echo(d, nl=False, err=True)) if stream else None
+        )  # tokens as they come, on stderr
+        result = complete(
+            manifest["fallback"], request, token=os.environ.get(token_env), stream=stream, on_delta=echo
+        )
         out["cloud"] = result.to_dict()
     print_json(out)
     served = decision.route == "on_device" or (decision.route == "cloud" and (dry_run or out["cloud"]["ok"]))

@@ -10,7 +10,9 @@ from edgepack.cli._common import handle_errors, print_json
 def _names() -> list[str]:
     from edgepack.manifest import SCHEMAS_DIR
 
-    return sorted({p.name.removesuffix(".schema.json") for p in SCHEMAS_DIR.glob("*.schema.json")} | {"fallback"})
+    return sorted(
+        {p.name.removesuffix(".schema.json") for p in SCHEMAS_DIR.glob("*.schema.json")} | {"fallback"}
+    )
 
 
 @click.command()

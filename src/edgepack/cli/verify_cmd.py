@@ -19,5 +19,7 @@ def verify(bundle, allow_no_parity, as_json):
     report = verify_bundle(bundle, allow_no_parity=allow_no_parity)
     if as_json:
         return print_json(vars(report))
-    click.echo(f"ok: {report.path} ({report.kind}): {report.files_checked} files, {report.bytes_checked} bytes, "
-               f"artifacts {', '.join(report.artifacts)}; digests match, parity passed, no secrets")
+    click.echo(
+        f"ok: {report.path} ({report.kind}): {report.files_checked} files, {report.bytes_checked} bytes, "
+        f"artifacts {', '.join(report.artifacts)}; digests match, parity passed, no secrets"
+    )

@@ -19,12 +19,16 @@ def device_state(manifest: dict, state: dict) -> DeviceState:
     manifest's ``devices`` entry for ``device`` picks it (null when that device is cloud-only).
     """
     state = dict(state)
-    artifacts = {a["path"]: a for a in manifest["artifacts"]} | {a["target"]: a for a in manifest["artifacts"]}
+    artifacts = {a["path"]: a for a in manifest["artifacts"]} | {
+        a["target"]: a for a in manifest["artifacts"]
+    }
     profiles = {d["device"]: d for d in manifest["devices"]}
     ref = state.get("artifact", _from_profile(profiles, state.get("device")))
     if isinstance(ref, str):
         if ref not in artifacts:
-            raise ConfigError("device state", [f"artifact: {ref!r} is not in the manifest ({', '.join(sorted(artifacts))})"])
+            raise ConfigError(
+                "device state", [f"artifact: {ref!r} is not in the manifest ({', '.join(sorted(artifacts))})"]
+            )
         a = artifacts[ref]
         profile = profiles.get(state.get("device")) or {}
         context = min(a["max_seq_len"], profile.get("max_context") or a["max_seq_len"])
@@ -37,7 +41,10 @@ def _from_profile(profiles: dict, device: str | None):
     if device is None:
         return None
     if device not in profiles:
-        raise ConfigError("device state", [f"device: {device!r} has no entry in the manifest's devices ({', '.join(profiles) or 'none'})"])
+        raise ConfigError(
+            "device state",
+            [f"device: {device!r} has no entry in the manifest's devices ({', '.join(profiles) or 'none'})"],
+        )
     return profiles[device]["artifact"]
 
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
-import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 from urllib.parse import urlparse
 
 from edgepack import __version__
@@ -57,7 +56,9 @@ class CloudResult:
 
 
 class _Failed(Exception):
-    def __init__(self, outcome: str, status: int | None = None, retry_after: float | None = None, detail: str = ""):
+    def __init__(
+        self, outcome: str, status: int | None = None, retry_after: float | None = None, detail: str = ""
+    ):
         super().__init__(detail)
         self.outcome, self.status, self.retry_after, self.detail = outcome, status, retry_after, detail
 
@@ -112,6 +113,8 @@ def _try_candidate(fb, cand, url, headers, request, stream, deadline, on_delta, 
         if attempt.outcome == "ok":
             result.model = cand["model"]
             return "ok"
+        if attempt.outcome == "timeout" and remaining <= cand["timeout_s"] and not result.text:
+            return "deadline"  # the attempt was cut short by the overall deadline
         if result.text:  # part of the answer was already delivered: a retry would repeat it
             return "stream_cut"
         if attempt.status in STOP:
@@ -122,7 +125,11 @@ def _try_candidate(fb, cand, url, headers, request, stream, deadline, on_delta, 
             return "next"
         if n == retries["count"]:
             break
-        wait = attempt.retry_after if retries["honour_retry_after"] and attempt.retry_after is not None else delay
+        wait = (
+            attempt.retry_after
+            if retries["honour_retry_after"] and attempt.retry_after is not None
+            else delay
+        )
         if time.monotonic() + wait >= deadline:
             return "next" if not last else "deadline"
         sleep(wait)
@@ -141,7 +148,9 @@ def _attempt(url, headers, body, model, timeout, deadline, stream, on_delta, res
     try:
         text, finish = _post(url, headers, body, timeout, deadline, stream, on_delta, result)
     except _Failed as f:
-        return Attempt(model, f.outcome, f.status, round(time.monotonic() - start, 3), f.retry_after, f.detail)
+        return Attempt(
+            model, f.outcome, f.status, round(time.monotonic() - start, 3), f.retry_after, f.detail
+        )
     result.text, result.finish_reason = text, finish
     return Attempt(model, "ok", 200, round(time.monotonic() - start, 3))
 
@@ -156,11 +165,13 @@ def _post(url, headers, body, timeout, deadline, stream, on_delta, result) -> tu
         conn.request("POST", u.path, body, {**headers, **({"Accept": "text/event-stream"} if stream else {})})
         resp = conn.getresponse()
         if resp.status != 200:
-            raise _Failed("http", resp.status, _retry_after(resp.getheader("Retry-After")), _excerpt(resp, clock))
+            raise _Failed(
+                "http", resp.status, _retry_after(resp.getheader("Retry-After")), _excerpt(resp, clock)
+            )
         if stream and "text/event-stream" in (resp.getheader("Content-Type") or ""):
             return _read_stream(resp, clock, on_delta, result)
         return _read_json(resp, clock)
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise _Failed("timeout", detail=f"no answer within {clock.limit():.2f}s") from None
     except (http.client.IncompleteRead, ConnectionError, http.client.RemoteDisconnected) as exc:
         partial = stream and result.text
@@ -187,7 +198,7 @@ class _Clock:
             self.attempt_end = time.monotonic() + self.timeout
         left = self.limit()
         if left <= 0:
-            raise socket.timeout()
+            raise TimeoutError()
         if self.conn.sock is not None:
             self.conn.sock.settimeout(left)
 
@@ -220,7 +231,9 @@ def _read_stream(resp, clock: _Clock, on_delta, result) -> tuple[str, str | None
         if not line:
             if finish is not None:
                 return result.text, finish
-            raise _Failed("stream_cut", 200, detail=f"stream ended without [DONE] after {len(result.text)} chars")
+            raise _Failed(
+                "stream_cut", 200, detail=f"stream ended without [DONE] after {len(result.text)} chars"
+            )
         line = line.strip()
         if not line.startswith(b"data:"):
             continue  # blank separators, comments (": ping"), event/id fields

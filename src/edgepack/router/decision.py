@@ -87,7 +87,11 @@ def decide(fallback: dict, device: DeviceState | dict, request: Request | dict) 
     blockers = [c for c in HARD if c in conditions]
     triggers = [c for c in (*HARD, *SOFT) if c in conditions and _enabled(fallback["triggers"], c)]
     cloud_blockers = _cloud_blockers(fallback, device, request)
-    reasons = [conditions[c] + ("" if c in triggers else " (trigger disabled)") for c in (*HARD, *SOFT) if c in conditions]
+    reasons = [
+        conditions[c] + ("" if c in triggers else " (trigger disabled)")
+        for c in (*HARD, *SOFT)
+        if c in conditions
+    ]
     reasons += [_CLOUD_REASONS[c] for c in cloud_blockers]
     route = _route(fallback["mode"], bool(blockers), bool(triggers), not cloud_blockers)
     return Decision(
@@ -116,7 +120,9 @@ def prompt_tokens(request: Request) -> int:
     """The request's prompt length: as counted on device, else a conservative estimate (3 chars a token)."""
     if request.prompt_tokens is not None:
         return request.prompt_tokens
-    chars = sum(len(m.content if isinstance(m.content, str) else str(m.content or "")) for m in request.messages)
+    chars = sum(
+        len(m.content if isinstance(m.content, str) else str(m.content or "")) for m in request.messages
+    )
     return math.ceil(chars / 3) + 4 * len(request.messages)
 
 
@@ -131,7 +137,9 @@ def _conditions(trig: dict, d: DeviceState, r: Request) -> dict[str, str]:
             out["not_downloaded"] = f"{a.path} is not downloaded yet"
         need = prompt_tokens(r) + r.max_tokens
         if need > a.max_context:
-            out["context_overflow"] = f"prompt + max_tokens = {need} tokens > on-device context {a.max_context}"
+            out["context_overflow"] = (
+                f"prompt + max_tokens = {need} tokens > on-device context {a.max_context}"
+            )
         if d.free_memory_bytes is not None and d.free_memory_bytes < a.peak_memory_bytes:
             out["low_memory"] = f"free memory {d.free_memory_bytes} B < artifact peak {a.peak_memory_bytes} B"
     if d.runtime_error:
@@ -161,7 +169,11 @@ def _cloud_blockers(fallback: dict, d: DeviceState, r: Request) -> list[str]:
         out.append("on_device_only")
     if not fallback["privacy"]["cloud_allowed"]:
         out.append("cloud_not_allowed")
-    if not fallback["candidates"] and fallback["mode"] != "on_device_only" and fallback["privacy"]["cloud_allowed"]:
+    if (
+        not fallback["candidates"]
+        and fallback["mode"] != "on_device_only"
+        and fallback["privacy"]["cloud_allowed"]
+    ):
         out.append("no_cloud_model")
     if not d.online:
         out.append("offline")
