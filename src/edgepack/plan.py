@@ -2,8 +2,9 @@
 
 For each device, the candidates are every (recipe, target) pair whose runtime the device runs (Core ML only
 where the device's minimum iOS has stateful models, iOS 18). The first recipe in preference order that fits
-at least ``min_context`` tokens wins; among its targets, the device's preferred runtime first; the default app
-limit is tried before an extended one (e.g. iOS's increased-memory-limit entitlement), which the reason names.
+at least ``min_context`` tokens wins; among its targets, the device's preferred runtime first; for each target,
+the default app limit before an extended one (e.g. iOS's increased-memory-limit entitlement, which the plan then
+names in ``extended``).
 The plan reports the largest context that fits (up to the model's, or the artifact's max_seq_len), or
 cloud-only with the reason. Memory comes from ``edgepack.memory`` (formula in its docstring).
 """
