@@ -1,0 +1,180 @@
+"""The ExecuTorch target: an XNNPACK ``.pte`` with a static KV cache, in the layout the ExecuTorch LLM runner reads.
+
+Stages: quantize per recipe (``edgepack.quantize``, torchao) -> wrap with transformers'
+``TorchExportableModuleForDecoderOnlyLM`` (static cache of ``max_seq_len`` positions) -> ``torch.export``
+(strict) -> ``to_edge_transform_and_lower`` with the XNNPACK partitioner -> ``to_executorch`` -> ``model.pte``.
+
+Program interface: ``forward(input_ids [1, n], cache_position [n]) -> logits [1, n, vocab]``, where n is 1..
+max_seq_len-1, so a prompt is prefilled in one chunk and decoding feeds one token at a time. The KV cache lives
+in mutable buffers serialized as zeros (device runtimes need not zero their memory). A sliding window is applied
+through the attention mask over the full-length cache. Constant methods carry what the runner needs (``METHODS``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from edgepack.errors import ExportError
+from edgepack.exporters import EXPORTERS, Artifact, ExportRequest
+
+PTE_FILE = "model.pte"
+MIN_RUNTIME = "executorch 1.5"
+KV_CACHE_BUFFERS = ["key_cache", "value_cache"]  # buffer name prefixes in transformers' exportable wrappers
+EXAMPLE_LEN = 3  # example prefill length for tracing; the seq dim is dynamic
+
+
+@EXPORTERS.register("executorch")
+class ExecuTorchExporter:
+    name = "executorch"
+    runtime = "executorch"
+
+    def unhonoured(self, recipe) -> list[str]:
+        """Recipe settings this backend cannot honour, one line each with what is done instead."""
+        from edgepack.quantize import unhonoured
+
+        return unhonoured(recipe)
+
+    def export(self, model, request: ExportRequest) -> Artifact:
+        from edgepack.quantize import quantize_model
+
+        start = time.perf_counter()
+        out = Path(request.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        recipe = request.recipe
+        request.progress(f"quantizing per recipe {recipe.name}")
+        unhonoured = quantize_model(model, recipe)
+        metadata = constant_methods(model.config, request)
+        request.progress(f"torch.export with a static KV cache of {request.max_seq_len} positions")
+        program = export_program(model, request.max_seq_len)
+        request.progress("lowering to XNNPACK (the slow stage)")
+        size = lower_to_pte(program, metadata, out / PTE_FILE)
+        rel = out.name
+        return Artifact(
+            target=self.name,
+            runtime=self.runtime,
+            path=f"{rel}/{PTE_FILE}",
+            files=[f"{rel}/{PTE_FILE}"],
+            recipe=recipe.name,
+            weight_bits=recipe.weight_bits,
+            max_seq_len=request.max_seq_len,
+            min_runtime=MIN_RUNTIME,
+            export_seconds=time.perf_counter() - start,
+            unhonoured=unhonoured,
+            details=_details(model.config, request, metadata, size),
+        )
+
+
+def export_program(model, max_seq_len: int):
+    """``torch.export`` the model behind transformers' static-cache wrapper, with a dynamic sequence dim."""
+    import torch
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    if max_seq_len <= EXAMPLE_LEN:
+        raise ExportError(f"max_seq_len must be greater than {EXAMPLE_LEN} for ExecuTorch, got {max_seq_len}.")
+    model.config.use_cache = True
+    model.generation_config.use_cache = True
+    model.generation_config.cache_implementation = "static"
+    wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_seq_len)
+    seq = torch.export.Dim("seq", min=1, max=max_seq_len - 1)
+    input_ids = torch.zeros((1, EXAMPLE_LEN), dtype=torch.long)
+    try:
+        with torch.no_grad():
+            return wrapper.export(
+                input_ids=input_ids,
+                cache_position=torch.arange(EXAMPLE_LEN, dtype=torch.long),
+                dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}},
+                strict=True,
+            )
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; name the stage and the cause
+        raise ExportError(f"torch.export of {type(model).__name__} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def lower_to_pte(program, metadata: dict, path: Path) -> int:
+    """Lower to XNNPACK, serialize with a zero-initialized KV cache, write ``path``; return its size in bytes."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+    try:
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=metadata)
+        del program
+        # Quant fusion turns torchao's dequantize+embedding into ExecuTorch's quantized embedding kernels.
+        config = ExecutorchBackendConfig(
+            passes=[InitializedMutableBufferPass(KV_CACHE_BUFFERS)], do_quant_fusion_and_const_prop=True
+        )
+        et = edge.to_executorch(config)
+        del edge
+    except Exception as exc:  # noqa: BLE001 - lowering raises many types; name the stage and the cause
+        raise ExportError(f"ExecuTorch lowering failed: {type(exc).__name__}: {exc}") from exc
+    with path.open("wb") as fh:
+        et.write_to_file(fh)
+    return path.stat().st_size
+
+
+def constant_methods(config, request: ExportRequest) -> dict:
+    """The constant methods the ExecuTorch LLM runner (and edgepack's runner) read from the program."""
+    text = config.get_text_config()
+    bos, eos = _special_ids(text, request.checkpoint)
+    methods = {
+        "get_max_seq_len": request.max_seq_len,
+        "get_max_context_len": request.max_seq_len,
+        "get_vocab_size": int(text.vocab_size),
+        "get_n_layers": int(text.num_hidden_layers),
+        "use_kv_cache": True,
+        "enable_dynamic_shape": True,
+        "use_sdpa_with_kv_cache": False,
+        "get_eos_ids": eos,
+    }
+    if bos is not None:
+        methods["get_bos_id"] = bos
+    window = getattr(text, "sliding_window", None)
+    if window:
+        methods["get_sliding_window"] = int(window)
+    return methods
+
+
+def _special_ids(text_config, checkpoint) -> tuple[int | None, list[int]]:
+    """bos id and eos ids as the device tokenizer sees them, falling back to the model config."""
+    from edgepack.errors import CheckpointError
+    from edgepack.tokenizer import DeviceTokenizer
+
+    bos, eos = text_config.bos_token_id, text_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if checkpoint is not None:
+        try:
+            tokenizer = DeviceTokenizer(checkpoint.path)
+        except CheckpointError:
+            tokenizer = None
+        if tokenizer is not None:
+            bos = tokenizer.token_id("bos") if tokenizer.token_id("bos") is not None else bos
+            eos |= set(tokenizer.eos_ids)
+    return (int(bos) if bos is not None else None), sorted(int(i) for i in eos)
+
+
+def _details(config, request: ExportRequest, metadata: dict, size: int) -> dict:
+    text = config.get_text_config()
+    max_chunk = request.max_seq_len - 1
+    return {
+        "backend": "xnnpack",
+        "pte_bytes": size,
+        "method": "forward",
+        "inputs": [
+            {"name": "input_ids", "dtype": "int64", "shape": [1, "n"]},
+            {"name": "cache_position", "dtype": "int64", "shape": ["n"]},
+        ],
+        "outputs": [{"name": "logits", "dtype": request.recipe.dtype, "shape": [1, "n", int(text.vocab_size)]}],
+        "max_chunk": max_chunk,
+        "kv_cache": {"positions": request.max_seq_len, "zero_initialized": True, "buffers": KV_CACHE_BUFFERS},
+        "constant_methods": metadata,
+        "needs_quantized_kernels": any(
+            q is not None and not q.is_float for q in _quants(request.recipe)
+        ),
+    }
+
+
+def _quants(recipe):
+    yield recipe.embedding
+    yield recipe.lm_head
+    for rule in recipe.rules:
+        yield rule.weights
