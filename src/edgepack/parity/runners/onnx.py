@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgepack.errors import ParityError
+from edgepack.errors import ArtifactError
 from edgepack.parity import RUNNERS
 
 
@@ -24,7 +24,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ParityError(f"onnxruntime cannot load {path}: {exc}") from None
+            raise ArtifactError(f"onnxruntime cannot load {path}: {exc}") from None
         self.max_seq_len = artifact.max_seq_len
         self._past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self._present_names = [n.replace("past_key_values.", "present.") for n in self._past_names]

@@ -1,0 +1,240 @@
+"""The ONNX target: every registered architecture exports, runs in onnxruntime and matches eager transformers.
+
+Each tiny model is exported once (module-scoped); quantized variants reuse the fp32 graph. The slow tier
+exports the real SmolLM2-135M-Instruct at int4-block32 and runs it through onnxruntime-genai.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepack.errors import ParityError
+from edgepack.exporters import Artifact, ExportRequest, get_exporter
+from edgepack.recipes import load_recipe
+
+ARCHS = {
+    "llama": ("llama", {}),
+    "mistral": ("mistral", {}),
+    "mistral-sw8": ("mistral", {"sliding_window": 8}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {}),
+    "phi3": ("phi3", {}),
+    "gemma2": ("gemma2", {}),
+    "gemma3_text": ("gemma3_text", {}),
+}
+PROMPT = [int(t) for t in np.random.default_rng(0).integers(5, 300, 20)]  # longer than the window of 8
+DECODE_STEPS = 8
+
+
+def export(checkpoint_dir: Path, out: Path, recipe: str = "fp32", max_seq_len: int = 64):
+    from edgepack.checkpoint import resolve
+
+    checkpoint = resolve(checkpoint_dir)
+    request = ExportRequest(checkpoint, load_recipe(recipe), max_seq_len, out / "onnx")
+    artifact = get_exporter("onnx").export(checkpoint.load_model(), request)
+    artifact.save(out / "onnx")
+    return checkpoint, artifact
+
+
+def reference_model(checkpoint):
+    model = checkpoint.load_model("float32")
+    model.config._attn_implementation = "eager"  # the one every family supports (Gemma 2 soft-capping)
+    return model
+
+
+def run_and_compare(root: Path, artifact: Artifact, reference, prompt=PROMPT, steps=DECODE_STEPS):
+    """Prompt in one chunk, then greedy single-token steps; logits of every position vs eager fp32."""
+    import torch
+
+    from edgepack.parity import open_runner
+
+    runner = open_runner(root, artifact)
+    got = [runner.forward(prompt)]
+    tokens = list(prompt)
+    for _ in range(steps):
+        tokens.append(int(got[-1][-1].argmax()))
+        got.append(runner.forward(tokens[-1:]))
+    got = np.concatenate(got)
+    with torch.no_grad():
+        want = reference(torch.tensor([tokens])).logits[0].float().numpy()
+    assert got.shape == want.shape == (len(prompt) + steps, reference.config.vocab_size)
+    cosine = (got * want).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1))
+    return {
+        "max_abs_diff": float(np.abs(got - want).max()),
+        "top1": float((got.argmax(-1) == want.argmax(-1)).mean()),
+        "cosine": float(cosine.min()),
+    }
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_checkpoint, tmp_path_factory):
+    """key -> (checkpoint, artifact, export root), exported lazily, once per module."""
+    done = {}
+
+    def get(key: str):
+        if key not in done:
+            arch, overrides = ARCHS[key]
+            root = tmp_path_factory.mktemp(f"onnx-{key}")
+            checkpoint, artifact = export(tiny_checkpoint(arch, **overrides), root)
+            done[key] = (checkpoint, artifact, root)
+        return done[key]
+
+    return get
+
+
+@pytest.mark.parametrize("key", list(ARCHS))
+def test_fp32_export_matches_eager(exports, key):
+    checkpoint, artifact, root = exports(key)
+    metrics = run_and_compare(root, artifact, reference_model(checkpoint))
+    assert metrics["max_abs_diff"] < 1e-4, metrics
+    assert metrics["top1"] == 1.0
+
+
+def test_sliding_window_is_applied_past_the_window(exports, tiny_checkpoint):
+    """The prompt is longer than the window, so a graph that dropped the window would drift from eager."""
+    from edgepack.checkpoint import resolve
+
+    checkpoint, artifact, root = exports("mistral-sw8")
+    assert artifact.details["sliding_window"] == 8 and len(PROMPT) > 8
+    windowless = reference_model(resolve(tiny_checkpoint("mistral", sliding_window=8)))
+    windowless.config.sliding_window = None  # the same weights, attending to everything
+    assert run_and_compare(root, artifact, windowless)["max_abs_diff"] > 1e-2
+    assert run_and_compare(root, artifact, reference_model(checkpoint))["max_abs_diff"] < 1e-4
+
+
+def test_graph_interface_is_the_genai_layout(exports):
+    import onnx
+
+    _, artifact, root = exports("llama")
+    graph = onnx.load(root / artifact.path).graph
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in
+            [*graph.input, *graph.output]}
+    assert list(dims)[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert dims["input_ids"] == ["batch_size", "sequence_length"]
+    assert dims["attention_mask"] == ["batch_size", "total_sequence_length"]
+    assert dims["past_key_values.1.value"] == ["batch_size", 2, "past_sequence_length", 16]
+    assert dims["logits"] == ["batch_size", "sequence_length", 320]
+    assert set(dims) >= {"present.0.key", "present.1.value"}
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_genai_config_describes_the_model(exports):
+    checkpoint, artifact, root = exports("gemma2")
+    folder = root / "onnx"
+    config = json.loads((folder / "genai_config.json").read_text())
+    hf = checkpoint.config
+    model, decoder = config["model"], config["model"]["decoder"]
+    assert model["type"] == "gemma2" and model["vocab_size"] == hf.vocab_size == 320
+    assert (model["bos_token_id"], model["eos_token_id"], model["pad_token_id"]) == (1, 2, 0)
+    assert model["context_length"] == config["search"]["max_length"] == artifact.max_seq_len == 64
+    assert (decoder["num_hidden_layers"], decoder["num_attention_heads"], decoder["num_key_value_heads"]) == (
+        hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads)
+    assert (decoder["head_size"], decoder["hidden_size"]) == (hf.head_dim, hf.hidden_size) == (16, 64)
+    assert decoder["filename"] == "model.onnx" and (folder / decoder["filename"]).is_file()
+    assert decoder["inputs"]["past_key_names"] == "past_key_values.%d.key"
+    assert decoder["outputs"]["present_value_names"] == "present.%d.value"
+    assert config["search"]["do_sample"] is False and config["search"]["top_k"] == 1
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (folder / name).read_bytes() == (checkpoint.path / name).read_bytes()
+        assert f"onnx/{name}" in artifact.files
+
+
+@pytest.mark.parametrize(
+    "recipe, bits, block, accuracy, max_diff, min_cosine",
+    [("int4-block32", 4, 32, 4, 2.0, 0.8), ("int8-weight", 8, None, 0, 0.2, 0.995)],
+)
+def test_quantized_graph_runs_close_to_eager(exports, tmp_path, recipe, bits, block, accuracy, max_diff, min_cosine):
+    """Random weights (int4 is judged on real ones in the slow tier); the bounds are loose, the layout exact."""
+    import onnx
+
+    from edgepack.exporters.onnx import module_of, quantize, save_model
+
+    checkpoint, artifact, root = exports("llama")
+    proto = quantize(copy.deepcopy(onnx.load(root / artifact.path)), load_recipe(recipe))
+    ops = {n.name: n for n in proto.graph.node}
+    nbits = [n for n in ops.values() if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 2 * 7 + 1  # every linear layer and the tied lm_head
+    attrs = [{a.name: a.i for a in n.attribute} for n in nbits]
+    linear = [a for n, a in zip(nbits, attrs) if module_of(n) != "lm_head"]
+    assert {a["bits"] for a in linear} == {bits}
+    assert {a["accuracy_level"] if "accuracy_level" in a else 0 for a in linear} == {accuracy}
+    assert {a["block_size"] for a in linear} == ({block} if block else {64, 128})  # per channel: all of K
+    lm_head = next(a for n, a in zip(nbits, attrs) if module_of(n) == "lm_head")
+    assert lm_head["bits"] == 8 and lm_head["block_size"] == 64
+    gather = [n for n in ops.values() if n.op_type == "GatherBlockQuantized"]
+    assert len(gather) == 1 and {a.name: a.i for a in gather[0].attribute}["bits"] == 8
+    float_sizes = [np.prod(i.dims) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    assert max(float_sizes) < 64 * 32  # no float weight left (the smallest, k_proj, has 64 x 32): scales only
+
+    (tmp_path / "onnx").mkdir()
+    save_model(proto, tmp_path / "onnx")
+    assert (tmp_path / artifact.path).stat().st_size < 0.45 * (root / artifact.path).stat().st_size
+    metrics = run_and_compare(tmp_path, artifact, reference_model(checkpoint))
+    print(f"{recipe} tiny llama vs eager fp32: {metrics}")
+    assert 1e-4 < metrics["max_abs_diff"] < max_diff and metrics["cosine"] > min_cosine
+
+
+def test_fp16_export_runs_close_to_eager(tiny_checkpoint, tmp_path):
+    checkpoint, artifact = export(tiny_checkpoint("qwen2"), tmp_path, "fp16")
+    assert artifact.details["kv_dtype"] == "float16" and artifact.unhonoured == []
+    metrics = run_and_compare(tmp_path, artifact, reference_model(checkpoint))
+    print(f"fp16 tiny qwen2 vs eager fp32: {metrics}")
+    assert metrics["max_abs_diff"] < 2e-2 and metrics["top1"] == 1.0
+
+
+def test_unhonoured_names_what_onnxruntime_does_instead():
+    from edgepack.recipes import Recipe
+
+    exporter = get_exporter("onnx")
+    assert exporter.unhonoured(load_recipe("fp32")) == exporter.unhonoured(load_recipe("int8-weight")) == []
+    assert exporter.unhonoured(load_recipe("int4-block32")) == [
+        "rule '*': int8 dynamic activations are quantized per block of 32 inside MatMulNBits "
+        "(accuracy_level=4), not per token"
+    ]
+    palette = Recipe(name="p", rules=[{"match": "*.mlp.*", "weights": {"bits": 4, "format": "palette"}}])
+    assert exporter.unhonoured(palette) == [
+        "rule '*.mlp.*': palettized weights have no onnxruntime operator; stored as linear int4"
+    ]
+
+
+def test_runner_on_a_missing_model_names_the_file(exports, tmp_path):
+    from edgepack.parity import open_runner
+
+    _, artifact, _ = exports("llama")
+    with pytest.raises(ParityError, match=r"onnxruntime cannot load .*onnx/model.onnx"):
+        open_runner(tmp_path, artifact)
+
+
+@pytest.mark.slow
+def test_smollm2_int4_answers_paris_in_onnxruntime_genai(smollm2, tmp_path):
+    import onnxruntime_genai as og
+    from transformers import AutoTokenizer
+
+    start = time.perf_counter()
+    checkpoint, artifact = export(smollm2, tmp_path, "int4-block32", max_seq_len=512)
+    seconds = time.perf_counter() - start
+    sizes = {f: (tmp_path / f).stat().st_size for f in artifact.files}
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+    prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+
+    model = og.Model(str(tmp_path / "onnx"))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=96, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(og.Tokenizer(model).encode(prompt))
+    while not generator.is_done():
+        generator.generate_next_token()
+    answer = og.Tokenizer(model).decode(generator.get_sequence(0))
+    ids = tokenizer(prompt)["input_ids"]
+    metrics = run_and_compare(tmp_path, artifact, reference_model(checkpoint), prompt=ids, steps=16)
+    print(f"SmolLM2 int4-block32 ONNX: export {seconds:.1f}s, sizes {sizes}, vs eager fp32 {metrics}")
+    print(f"genai answer: {answer!r}")
+    assert "Paris" in answer.split("assistant")[-1]
+    assert metrics["top1"] >= 0.6
