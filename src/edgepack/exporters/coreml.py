@@ -1,0 +1,269 @@
+"""Core ML target: an ML program ``.mlpackage`` for iOS 18 / macOS 15 with a stateful KV cache.
+
+Stages: wrap the model around a Core ML-friendly cache (``coreml_model.StatefulCausalLM``) -> trace ->
+``ct.convert`` (flexible query length, fp16 states) -> compress per recipe (``ct.optimize.coreml``) ->
+metadata -> save ``model.mlpackage``.
+
+Compute precision: fp16 (what the Neural Engine runs), except for a recipe that keeps every weight fp32, which
+converts at fp32 so that parity against eager is exact. Recipe rules map onto the weights by module name
+(the const names in the program are the checkpoint's parameter names with dots as underscores).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from edgepack.errors import ExportError
+from edgepack.exporters import Artifact, EXPORTERS, ExportRequest
+
+PACKAGE = "model.mlpackage"
+MIN_RUNTIME = "iOS 18 / macOS 15"
+INPUTS = ("inputIds", "causalMask")
+STATES = ("keyCache", "valueCache")
+
+
+@EXPORTERS.register("coreml")
+class CoreMLExporter:
+    name = "coreml"
+    runtime = "coreml"
+
+    def __init__(self, compute_precision: str | None = None):
+        """``compute_precision``: "float16" or "float32"; None decides from the recipe (see module docstring)."""
+        if compute_precision not in (None, "float16", "float32"):
+            raise ExportError(f"compute_precision must be float16 or float32, got {compute_precision!r}")
+        self.compute_precision = compute_precision
+
+    def precision_for(self, recipe) -> str:
+        if self.compute_precision:
+            return self.compute_precision
+        settings = [q for _, q in recipe_settings(recipe)]
+        all_fp32 = recipe.dtype == "float32" and all(q.is_float and q.bits == 32 for q in settings)
+        return "float32" if all_fp32 else "float16"
+
+    def unhonoured(self, recipe) -> list[str]:
+        """Recipe settings Core ML cannot honour, one line each with what is done instead."""
+        compute = self.precision_for(recipe)
+        lines = []
+        if recipe.dtype == "float32" and compute == "float16":
+            lines.append("dtype float32: Core ML computes this export in fp16 (the Neural Engine has no fp32)")
+        for where, quant in recipe_settings(recipe):
+            if quant.activations == "int8_dynamic":
+                lines.append(f"{where}: int8 dynamic activations: Core ML compresses weights only; "
+                             f"activations stay {compute_name(compute)}")
+            if quant.is_float and quant.bits == 32 and compute == "float16":
+                lines.append(f"{where}: fp32 weights are stored fp16 (Core ML keeps float weights at compute precision)")
+        return lines
+
+    def export(self, model, request: ExportRequest) -> Artifact:
+        start = time.perf_counter()
+        out = Path(request.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        recipe, compute = request.recipe, self.precision_for(request.recipe)
+        request.progress(f"coreml: converting ({compute_name(compute)} compute, {request.max_seq_len} tokens)")
+        mlmodel, layout = convert(model, request.max_seq_len, compute)
+        request.progress(f"coreml: compressing weights per recipe {recipe.name}")
+        mlmodel = compress(mlmodel, recipe, module_names(model))
+        add_metadata(mlmodel, request, compute, layout)
+        package = out / PACKAGE
+        mlmodel.save(str(package))
+        rel = out.name
+        files = sorted(p.relative_to(out).as_posix() for p in package.rglob("*") if p.is_file())
+        return Artifact(
+            target=self.name,
+            runtime=self.runtime,
+            path=f"{rel}/{PACKAGE}",
+            files=[f"{rel}/{f}" for f in files],
+            recipe=recipe.name,
+            weight_bits=recipe.weight_bits,
+            max_seq_len=request.max_seq_len,
+            min_runtime=MIN_RUNTIME,
+            export_seconds=round(time.perf_counter() - start, 2),
+            unhonoured=self.unhonoured(recipe),
+            details={"compute_precision": compute, **layout},
+        )
+
+
+def compute_name(compute: str) -> str:
+    return "fp16" if compute == "float16" else "fp32"
+
+
+def recipe_settings(recipe):
+    """(where, WeightQuant) for each setting the recipe states: each rule, the embedding, the lm_head."""
+    for rule in recipe.rules:
+        yield f"rule {rule.match!r}", rule.weights
+    if recipe.embedding is not None:
+        yield "embedding", recipe.embedding
+    if recipe.lm_head is not None:
+        yield "lm_head", recipe.lm_head
+
+
+# --- conversion -------------------------------------------------------------------------------------------
+
+
+def convert(model, max_seq_len: int, compute: str):
+    """The ML program (uncompressed) and the facts a runner needs about its inputs and states."""
+    import numpy as np
+    import torch
+    import coremltools as ct
+
+    from edgepack.exporters.coreml_model import StatefulCausalLM
+
+    patch_coremltools()
+    model.float().eval()  # in place, parameter by parameter: no second copy of the model
+    wrapper = StatefulCausalLM(model, max_seq_len, precise_cache=compute == "float32").eval()
+    example = (torch.zeros(1, 2, dtype=torch.int32), torch.zeros(1, 1, 2, 3))
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
+    q = ct.RangeDim(1, max_seq_len, default=1, symbol="query_length")
+    end = ct.RangeDim(1, max_seq_len, default=1, symbol="end_step")
+    mask_dtype = np.float16 if compute == "float16" else np.float32
+    state_shape = tuple(wrapper.keyCache.shape)
+    try:
+        mlmodel = ct.convert(
+            traced,
+            inputs=[ct.TensorType(INPUTS[0], shape=(1, q), dtype=np.int32),
+                    ct.TensorType(INPUTS[1], shape=(1, 1, q, end), dtype=mask_dtype)],
+            outputs=[ct.TensorType("logits", dtype=mask_dtype)],
+            states=[ct.StateType(wrapped_type=ct.TensorType(shape=state_shape, dtype=np.float16), name=n)
+                    for n in STATES],
+            minimum_deployment_target=ct.target.iOS18,
+            compute_precision=ct.precision.FLOAT16 if compute == "float16" else ct.precision.FLOAT32,
+            convert_to="mlprogram",
+            skip_model_load=True,
+        )
+    except Exception as exc:  # noqa: BLE001 - coremltools raises bare exceptions of many kinds
+        raise ExportError(f"Core ML conversion failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        del traced
+    layout = {
+        "inputs": list(INPUTS),
+        "outputs": ["logits"],
+        "states": {n: list(state_shape) for n in STATES},
+        "cache_layout": "fp16 hi+lo pairs" if wrapper.precise_cache else "fp16",
+        "head_dim": wrapper.head_dim,
+        "sliding_windows": sorted({w for w in wrapper.windows if w}),
+    }
+    return mlmodel, layout
+
+
+_PATCHED = False
+
+
+def patch_coremltools() -> None:
+    """coremltools 9.0 converts aten::Int of a one-element array with int(np.array([n])), which numpy >= 2.4
+    rejects; convert such constants through ``.item()`` and leave every other case to coremltools. Also
+    silence its per-op progress bars and warnings (edgepack reports progress itself)."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    import functools
+    import logging
+
+    import numpy as np
+    from tqdm import tqdm
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch import ops
+    from coremltools.converters.mil.mil.passes import pass_pipeline
+
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    ops._tqdm = functools.partial(tqdm, disable=True)
+    pass_pipeline.tqdm = functools.partial(tqdm, disable=True)
+
+    original = ops._cast
+
+    def _cast(context, node, dtype, dtype_name):
+        x = context[node.inputs[0]]
+        if x.can_be_folded_to_const() and isinstance(x.val, np.ndarray) and x.val.size == 1:
+            context.add(mb.const(val=dtype(x.val.item()), name=node.name), node.name)
+            return
+        original(context, node, dtype, dtype_name)
+
+    ops._cast = _cast
+    _PATCHED = True
+
+
+# --- compression -------------------------------------------------------------------------------------------
+
+
+def module_names(model) -> dict[str, str]:
+    """Program const name -> module name, for every linear and embedding weight of the model."""
+    from torch import nn
+
+    names = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            names[f"{name}.weight".replace(".", "_")] = name
+    return names
+
+
+def compress(mlmodel, recipe, names: dict[str, str]):
+    """Apply the recipe's weight formats (linear quantization, palettization) to each weight by module name."""
+    import coremltools.optimize.coreml as cto
+
+    linear, palette = {}, {}
+    for op in mlmodel._mil_program.functions["main"].operations:
+        # fp16 conversion renames each weight const <param>_to_fp16
+        module = names.get(op.name.removesuffix("_to_fp16")) if op.op_type == "const" else None
+        quant = recipe.for_module(module) if module else None
+        if quant is not None and not quant.is_float:
+            (palette if quant.format == "palette" else linear)[op.name] = op_config(quant)
+    if linear:
+        mlmodel = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(op_name_configs=linear))
+    if palette:
+        mlmodel = cto.palettize_weights(mlmodel, cto.OptimizationConfig(op_name_configs=palette))
+    return mlmodel
+
+
+def op_config(quant):
+    import coremltools.optimize.coreml as cto
+
+    if quant.format == "palette":
+        if quant.group_size:
+            return cto.OpPalettizerConfig(nbits=quant.bits, mode="kmeans", granularity="per_grouped_channel",
+                                          group_size=quant.group_size, weight_threshold=0)
+        return cto.OpPalettizerConfig(nbits=quant.bits, mode="kmeans", granularity="per_tensor", weight_threshold=0)
+    mode = "linear_symmetric" if quant.symmetric else "linear"
+    dtype = "int4" if quant.bits == 4 else "int8"
+    if quant.group_size:
+        return cto.OpLinearQuantizerConfig(mode=mode, dtype=dtype, granularity="per_block",
+                                           block_size=quant.group_size, weight_threshold=0)
+    return cto.OpLinearQuantizerConfig(mode=mode, dtype=dtype, granularity="per_channel", weight_threshold=0)
+
+
+# --- metadata ----------------------------------------------------------------------------------------------
+
+
+def add_metadata(mlmodel, request: ExportRequest, compute: str, layout: dict) -> None:
+    """What swift-transformers and a device-side reader need, in the package's own metadata."""
+    import edgepack
+
+    checkpoint, recipe = request.checkpoint, request.recipe
+    config = checkpoint.config_dict
+    mlmodel.author = "edgepack"
+    mlmodel.version = edgepack.__version__
+    mlmodel.short_description = f"{checkpoint.model_id} ({recipe.name}), stateful KV cache, {request.max_seq_len} tokens"
+    mlmodel.input_description["inputIds"] = "token ids of this chunk, [1, query_length] (prefill chunk or 1 token)"
+    mlmodel.input_description["causalMask"] = (
+        "additive mask [1, 1, query_length, end_step]: 0 where a query may attend, -inf (or -65504) elsewhere; "
+        "the chunk starts at end_step - query_length"
+    )
+    mlmodel.output_description["logits"] = "next-token logits [1, query_length, vocab]"
+    meta = mlmodel.user_defined_metadata
+    meta.update({
+        "co.huggingface.exporters.name": checkpoint.model_id,
+        "co.huggingface.exporters.task": "text-generation",
+        "co.huggingface.exporters.architecture": ",".join(config.get("architectures") or []),
+        "co.huggingface.exporters.framework": "pytorch",
+        "co.huggingface.exporters.precision": compute,
+        "edgepack.version": edgepack.__version__,
+        "edgepack.recipe": recipe.name,
+        "edgepack.recipe_digest": recipe.digest(),
+        "edgepack.context_length": str(request.max_seq_len),
+        "edgepack.model_context_length": str(checkpoint.context_length),
+        "edgepack.tokenizer_files": json.dumps([f"tokenizer/{n}" for n in checkpoint.tokenizer_files]),
+        "edgepack.eos_token_id": json.dumps(config.get("eos_token_id")),
+        "edgepack.bos_token_id": json.dumps(config.get("bos_token_id")),
+        "edgepack.cache_layout": layout["cache_layout"],
+    })
