@@ -13,14 +13,16 @@ def corrupt_tensor(files: list[Path], tensor: np.ndarray, scale: float = -3.0) -
     This corrupts exactly one weight tensor of a saved artifact, whatever its container format, as long as the
     format stores that tensor's bytes verbatim (fp32 exports do). Returns the file that was changed.
     """
-    needle = np.ascontiguousarray(tensor).tobytes()
-    replacement = np.ascontiguousarray(tensor * scale).astype(tensor.dtype).tobytes()
-    for path in files:
-        data = path.read_bytes()
-        at = data.find(needle)
-        if at >= 0:
-            path.write_bytes(data[:at] + replacement + data[at + len(needle):])
-            return path
+    # Exporters store a linear weight as is or transposed (ONNX MatMul wants [in, out]).
+    for layout in (tensor, tensor.T):
+        needle = np.ascontiguousarray(layout).tobytes()
+        replacement = np.ascontiguousarray(layout * scale).astype(tensor.dtype).tobytes()
+        for path in files:
+            data = path.read_bytes()
+            at = data.find(needle)
+            if at >= 0:
+                path.write_bytes(data[:at] + replacement + data[at + len(needle):])
+                return path
     raise AssertionError(f"tensor bytes not found in {[p.name for p in files]}")
 
 

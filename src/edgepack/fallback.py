@@ -197,7 +197,8 @@ class Fallback(Strict):
         if self.uses_cloud and not (model_id and _HUB_ID.match(model_id)):
             hint = f"model.id: the exported model {exported_model_id!r} is not a hub id; name the cloud model"
             raise ConfigError("fallback", [f"{hint} with --fallback-model owner/name"])
-        data["model"]["id"] = model_id
+        # A local folder's "id" is a path: no cloud model to name while the cloud is off.
+        data["model"]["id"] = model_id if model_id and _HUB_ID.match(model_id) else None
         if not self.model.providers:
             data["model"]["policy"] = self.model.policy or "fastest"
         data["candidates"] = (

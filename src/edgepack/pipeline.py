@@ -95,7 +95,8 @@ def export(
 
             say("verify: checking parity against the fp32 reference")
             result.parity = check_parity(tmp, progress=say, **(parity_options or {}))
-        result.manifest = package(tmp, fallback, say)
+        manifest = package(tmp, fallback, say)
+    result.manifest = out / manifest.name if manifest else None
     result.seconds = time.perf_counter() - start
     if result.parity is not None and not result.parity.passed:
         raise ParityError(result.parity.failure_message(out))
@@ -196,6 +197,7 @@ def checkpoint_record(checkpoint: Checkpoint) -> dict:
         "num_kv_heads": cfg.get("num_key_value_heads") or heads,
         "head_dim": cfg.get("head_dim") or (hidden // heads if hidden and heads else None),
         "hidden_size": hidden,
+        "intermediate_size": cfg.get("intermediate_size"),
         "vocab_size": cfg.get("vocab_size"),
         "tie_word_embeddings": cfg.get("tie_word_embeddings"),
     }

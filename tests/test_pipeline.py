@@ -1,0 +1,108 @@
+"""End to end through the CLI on real files: export -> parity -> reports -> manifest, and the parity gate."""
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+
+import pytest
+from click.testing import CliRunner
+
+from edgepack.cli import main
+from helpers import corrupt_tensor, weight
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tiny_checkpoint, tmp_path_factory):
+    """A tiny sliding-window Mistral exported to ONNX at fp32, parity checked at 1e-4."""
+    model = tiny_checkpoint("mistral", sliding_window=8)
+    out = tmp_path_factory.mktemp("exports") / "mistral-onnx"
+    result = CliRunner().invoke(
+        main,
+        ["export", str(model), "--recipe", "fp32", "--target", "onnx", "--out", str(out), "--max-seq-len", "96",
+         "--max-abs-diff", "1e-4", "--json"],
+    )
+    assert result.exit_code == 0, result.stderr
+    return model, out, json.loads(result.output)
+
+
+def test_export_writes_the_complete_folder(onnx_export):
+    _, out, summary = onnx_export
+    for name in ("export.json", "manifest.json", "parity.json", "parity.md", "parity.junit.xml",
+                 "tokenizer/tokenizer.json", "onnx/model.onnx", "onnx/artifact.json", "onnx/genai_config.json"):
+        assert (out / name).is_file(), name
+    assert summary["parity"]["passed"] is True
+    assert [a["target"] for a in summary["artifacts"]] == ["onnx"]
+    assert not list(out.parent.glob(".mistral-onnx*")), "no temporary folders left"
+
+
+def test_fp32_parity_within_1e4_past_the_window(onnx_export):
+    _, out, _ = onnx_export
+    report = json.loads((out / "parity.json").read_text())
+    assert report["schema_version"] == 1 and report["passed"]
+    (art,) = report["artifacts"]
+    assert art["thresholds"]["max_abs_diff"] == 1e-4
+    assert art["metrics"]["max_abs_diff"] < 1e-4
+    assert art["metrics"]["top1"] == 1.0 and art["metrics"]["greedy_agreement"] == 1.0
+    window = [p for p in art["per_prompt"] if p["prompt"] == "past-window"]
+    assert window and window[0]["tokens"] > 8, "a prompt longer than the sliding window is checked"
+    assert art["split"] is None, "fp32 has no quantization to split out"
+
+
+def test_junit_has_one_case_per_artifact_and_metric(onnx_export):
+    _, out, _ = onnx_export
+    suite = ET.parse(out / "parity.junit.xml").getroot()
+    names = [c.get("name") for c in suite.iter("testcase")]
+    assert "onnx/model.onnx::max_abs_diff" in names and "onnx/model.onnx::kl" in names
+    assert suite.get("failures") == "0" and int(suite.get("tests")) == len(names) >= 5
+
+
+def test_corrupted_weight_fails_the_gate(onnx_export, tmp_path):
+    model, out, _ = onnx_export
+    broken = shutil.copytree(out, tmp_path / "broken")
+    files = sorted((broken / "onnx").glob("model.onnx*"))
+    corrupt_tensor(files, weight(model, "model.layers.1.mlp.down_proj.weight"))
+    result = CliRunner().invoke(main, ["parity", str(broken), "--quiet"])
+    assert result.exit_code == 1
+    assert "parity failed" in result.stderr and "onnx/model.onnx: max_abs_diff = " in result.stderr
+    report = json.loads((broken / "parity.json").read_text())
+    assert report["passed"] is False
+    assert {f["metric"] for f in report["artifacts"][0]["failures"]} >= {"max_abs_diff"}
+    suite = ET.parse(broken / "parity.junit.xml").getroot()
+    assert int(suite.get("failures")) >= 1
+
+
+def test_parity_on_a_folder_without_artifacts(tmp_path):
+    (tmp_path / "export.json").write_text("{}")
+    result = CliRunner().invoke(main, ["parity", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {tmp_path} holds no artifacts to check (no */artifact.json)."
+
+
+def test_parity_on_a_folder_that_is_not_an_export(tmp_path):
+    result = CliRunner().invoke(main, ["parity", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is not an edgepack export folder (no export.json)" in result.stderr
+
+
+def test_parity_with_an_unreadable_artifact(onnx_export, tmp_path):
+    _, out, _ = onnx_export
+    broken = shutil.copytree(out, tmp_path / "unreadable")
+    (broken / "onnx" / "model.onnx").write_bytes(b"not a model")
+    result = CliRunner().invoke(main, ["parity", str(broken), "--quiet"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "onnx/model.onnx" in lines[0]
+    assert "cannot load" in lines[0] or "could not be run" in lines[0]
+
+
+def test_force_replaces_an_existing_export(onnx_export, tmp_path):
+    model, _, _ = onnx_export
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    args = ["export", str(model), "--recipe", "fp32", "--target", "onnx", "--out", str(out), "--no-parity", "-q"]
+    assert CliRunner().invoke(main, args).exit_code == 2
+    result = CliRunner().invoke(main, args + ["--force"])
+    assert result.exit_code == 0, result.stderr
+    assert not (out / "stale.txt").exists() and (out / "onnx" / "model.onnx").is_file()
+    assert not (out / "parity.json").exists()
