@@ -214,3 +214,19 @@ def test_worker_processes_run_each_cell_once(tmp_path, models):
     assert summary["counts"]["exported"] == 8
     run_matrix(matrix, runner=logging_runner)
     assert len((tmp_path / "out" / "executions.log").read_text().split("\n")[:-1]) == 8
+
+
+def test_real_exports_are_cached(tmp_path, models):
+    """The default runner: the real pipeline exports two tiny models to ONNX once; the rerun exports nothing."""
+    config = write_config(tmp_path, models, recipes=["int8-weight"], targets=["onnx"], parity=False, max_seq_len=32)
+    first = run_matrix(load_matrix(config))
+    assert first["counts"] == {"exported": 2, "cached": 0, "parity-failed": 0, "failed": 0}, first["cells"]
+    records = {}
+    for row in first["cells"]:
+        folder = tmp_path / "out" / row["out"]
+        assert (folder / "onnx" / "model.onnx").is_file()
+        records[row["cell"]] = (folder / "export.json").stat().st_mtime_ns
+        assert row["fits"] == {"iphone-13": 32}  # the artifact's whole max_seq_len fits a 4 GB phone
+    second = run_matrix(load_matrix(config))
+    assert second["counts"]["cached"] == 2 and second["counts"]["exported"] == 0
+    assert {r["cell"]: (tmp_path / "out" / r["out"] / "export.json").stat().st_mtime_ns for r in second["cells"]} == records

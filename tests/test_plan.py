@@ -138,7 +138,7 @@ def test_plan_of_an_export_folder_uses_the_artifact_bytes_and_its_max_seq_len(tm
     [p] = plan_export(out, [load_device("iphone-13")])
     assert (p.artifact, p.max_context) == ("onnx/model.onnx", 512)
     kv = 30 * 2 * 3 * 64 * 4 * 512
-    overhead = 80 * MIB + 4 * 128 * (49152 + 2 * 576 + 4 * 576 + 9 * 512)  # no intermediate_size: 4 x hidden
+    overhead = 160 * MIB + 4 * 128 * (49152 + 2 * 576 + 4 * 576 + 9 * 512)  # no intermediate_size: 4 x hidden
     assert p.estimate.as_dict() == {"weights": 3_000_000, "kv_cache": kv, "overhead": overhead,
                                     "total": 3_000_000 + kv + overhead, "context": 512}  # fmt: skip
     assert devices_section([p])[0]["artifact"] == "onnx/model.onnx"
