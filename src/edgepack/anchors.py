@@ -1,0 +1,286 @@
+"""The anchors: what other tools build for the same model, measured with edgepack's bench protocol.
+
+- ``optimum-executorch``: the .pte that ``optimum-cli export executorch`` builds (XNNPACK; 8da4w, group 32;
+  int8 embeddings; its custom SDPA and KV-cache ops), run in ExecuTorch's Python runtime.
+- ``onnxruntime-genai``: the ONNX folder its model builder writes (``-p int4 -e cpu``, block 32), run in
+  onnxruntime.
+- ``llama.cpp``: the original GGUF through llama-cpp-python.
+
+They live in a separate, throwaway venv (``ensure_env``), never in edgepack's: optimum-executorch 1.1.0 pins
+transformers 5.0.0rc1 and optimum 2.0, which cannot sit beside edgepack's transformers. Its runtimes are pinned
+to edgepack's (executorch 1.5.1, onnxruntime 1.32.0), so the runtime is the same and only the artifact differs.
+Each anchor is built once and reused; one that cannot be installed or built is reported as
+"unavailable: <reason>" and the bench goes on.
+
+This module imports only the standard library at the top: the worker imports it inside the anchors' venv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+# torch is pinned on every pip command line: pip then takes the CPU wheel on this machine; any other version
+# pulls several GB of CUDA wheels. optimum-executorch 1.1.0 (the newest) requires executorch>=1.0 and no torch.
+TORCH = "torch==2.13.0"
+REQUIREMENTS = [
+    TORCH,
+    "executorch==1.5.1",
+    "torchao==0.18.0",
+    "optimum-executorch==1.1.0",
+    "onnxruntime==1.32.0",
+    "onnxruntime-genai==0.18.0",
+    "onnx",
+]
+LLAMA_CPP = "llama-cpp-python==0.3.36"  # built from source with cmake (several minutes on 2 cores)
+ANCHORS = ("optimum-executorch", "onnxruntime-genai", "llama.cpp")
+
+
+@dataclass
+class Anchor:
+    name: str  # one of ANCHORS
+    path: Path | None  # the built artifact (.pte, ONNX folder, .gguf)
+    python: str | None  # the anchors' venv interpreter
+    max_seq_len: int
+    unavailable: str | None = None
+
+    def measure(self, prompt: list[int], protocol):
+        """The bench protocol in a fresh process of the anchors' venv (``edgepack.bench.run_isolated``)."""
+        from edgepack.bench import Measurement, run_isolated
+
+        if self.unavailable:
+            return Measurement(self.name, "", str(self.path or ""), 0, error=f"unavailable: {self.unavailable}")
+        spec = {"kind": "anchor", "anchor": self.name, "anchor_runtime": RUNTIME[self.name],
+                "path": str(self.path), "max_seq_len": self.max_seq_len}  # fmt: skip
+        src = str(Path(__file__).resolve().parents[1])  # edgepack's source, importable without installing it
+        return run_isolated(self.name, spec, prompt, protocol, model_bytes(self.path), python=self.python,
+                            env={"PYTHONPATH": src})  # fmt: skip
+
+
+RUNTIME = {"optimum-executorch": "executorch", "onnxruntime-genai": "onnx", "llama.cpp": "llama.cpp"}
+
+
+def prepare_anchors(
+    export_dir: Path,
+    *,
+    env_dir: Path,
+    work_dir: Path,
+    gguf: Path | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> list[Anchor]:
+    """Install the anchors' venv if needed, build each anchor for the export's model once; never raises."""
+    record = json.loads((Path(export_dir) / "export.json").read_text())
+    model_dir = Path(record["checkpoint"]["source"])
+    max_seq_len = int(record["max_seq_len"])
+    try:
+        python = ensure_env(Path(env_dir), progress)
+    except RuntimeError as exc:
+        return [Anchor(name, None, None, max_seq_len, str(exc)) for name in ANCHORS]
+    gguf = gguf or _known_gguf(record)
+    builders = {
+        "optimum-executorch": lambda: build_optimum_executorch(python, model_dir, work_dir, max_seq_len, progress),
+        "onnxruntime-genai": lambda: build_genai(python, model_dir, work_dir, progress),
+        "llama.cpp": lambda: _check_gguf(python, gguf),
+    }
+    anchors = []
+    for name, build in builders.items():
+        try:
+            anchors.append(Anchor(name, build(), python, max_seq_len))
+        except RuntimeError as exc:
+            anchors.append(Anchor(name, None, python, max_seq_len, str(exc)))
+    return anchors
+
+
+def ensure_env(env_dir: Path, progress: Callable[[str], None] = lambda message: None) -> str:
+    """The anchors' venv interpreter, creating the venv and installing REQUIREMENTS (+ llama.cpp) once."""
+    python = env_dir / "bin" / "python"
+    done = env_dir / ".edgepack-anchors"
+    if done.is_file() and done.read_text() == _pins():
+        return str(python)
+    if not python.is_file():
+        progress(f"anchors: creating the venv {env_dir}")
+        _run([sys.executable, "-m", "venv", str(env_dir)], "create the anchors' venv")
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    progress("anchors: installing " + ", ".join(REQUIREMENTS[1:]))
+    _run(pip + REQUIREMENTS, "install the anchors' packages")
+    progress(f"anchors: building {LLAMA_CPP} from source (several minutes)")
+    env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", "-DGGML_NATIVE=ON")}
+    try:
+        _run(pip + [TORCH, LLAMA_CPP], "install llama-cpp-python", env=env)
+    except RuntimeError:
+        pass  # the llama.cpp anchor then reports itself unavailable (llama_cpp missing); the others still run
+    done.write_text(_pins())
+    return str(python)
+
+
+def build_optimum_executorch(python: str, model_dir: Path, work_dir: Path, max_seq_len: int, progress) -> Path:
+    out = Path(work_dir) / "optimum-executorch"
+    pte = out / "model.pte"
+    if pte.is_file():
+        return pte
+    progress("anchors: optimum-cli export executorch (8da4w, group 32, int8 embeddings)")
+    cli = str(Path(python).parent / "optimum-cli")
+    cmd = [cli, "export", "executorch", "--model", str(model_dir), "--task", "text-generation",
+           "--recipe", "xnnpack", "--use_custom_sdpa", "--use_custom_kv_cache", "--qlinear", "8da4w",
+           "--qlinear_group_size", "32", "--qembedding", "8w", "--max_seq_len", str(max_seq_len),
+           "--output_dir", str(out)]  # fmt: skip
+    _run(cmd, "build the optimum-executorch .pte", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if not pte.is_file():
+        raise RuntimeError(f"optimum-cli wrote no model.pte in {out}")
+    return pte
+
+
+def build_genai(python: str, model_dir: Path, work_dir: Path, progress) -> Path:
+    out = Path(work_dir) / "onnxruntime-genai"
+    if (out / "genai_config.json").is_file():
+        return out
+    progress("anchors: onnxruntime_genai.models.builder -p int4 -e cpu")
+    cmd = [python, "-m", "onnxruntime_genai.models.builder", "-m", str(model_dir), "-o", str(out),
+           "-p", "int4", "-e", "cpu", "-c", str(Path(work_dir) / ".genai-cache"),
+           "--extra_options", "int4_block_size=32"]  # fmt: skip
+    _run(cmd, "build the onnxruntime-genai ONNX folder", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return out
+
+
+def _check_gguf(python: str, gguf: Path | None) -> Path:
+    if gguf is None or not Path(gguf).is_file():
+        raise RuntimeError("no GGUF of this model is known; pass --gguf FILE")
+    probe = subprocess.run([python, "-c", "import llama_cpp"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise RuntimeError(f"llama-cpp-python is not installed in the anchors' venv ({_last_line(probe.stderr)})")
+    return Path(gguf)
+
+
+def _known_gguf(record: dict) -> Path | None:
+    from edgepack.demo import SMOLLM2_ID, smollm2_gguf
+
+    return smollm2_gguf() if record["checkpoint"].get("model_id") == SMOLLM2_ID else None
+
+
+def model_bytes(path: Path | None) -> int:
+    """The model's files only (a folder's config and tokenizer files are not counted)."""
+    if path is None or not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    skip = (".json", ".jinja", ".txt", ".md", ".model")
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.endswith(skip))
+
+
+def _pins() -> str:
+    return "\n".join(REQUIREMENTS + [LLAMA_CPP]) + "\n"
+
+
+def _run(cmd: list[str], what: str, env: dict | None = None) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not {what}: {_last_line(done.stderr or done.stdout)}")
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+# ---- runners, inside the anchors' venv (same reset/forward/max_seq_len interface as edgepack's) ----
+
+
+def open_anchor(spec: dict, threads: int | None):
+    """(runner, {"runtime", "path", "note"}) for the anchor ``spec`` names."""
+    from edgepack.bench import runtime_label
+
+    name, path, max_seq_len = spec["anchor"], Path(spec["path"]), int(spec["max_seq_len"])
+    if name == "optimum-executorch":
+        return _pte_runner(path, max_seq_len), {"runtime": runtime_label("executorch"), "path": str(path), "note": ""}
+    if name == "onnxruntime-genai":
+        return OnnxFolderRunner(path, max_seq_len, threads), {"runtime": runtime_label("onnx"), "path": str(path),
+                                                             "note": ""}  # fmt: skip
+    if name == "llama.cpp":
+        note = "llama.cpp computes the last position's logits only"
+        return LlamaCppRunner(path, max_seq_len, threads), {"runtime": runtime_label("llama.cpp"), "path": str(path),
+                                                            "note": note}  # fmt: skip
+    raise ValueError(f"unknown anchor {name!r}; known: {', '.join(ANCHORS)}")
+
+
+def _pte_runner(path: Path, max_seq_len: int):
+    # edgepack's own ExecuTorch runner: the same runtime calls, so only the program differs.
+    from types import SimpleNamespace
+
+    import executorch.extension.llm.custom_ops  # noqa: F401 - registers custom_sdpa / update_cache
+
+    from edgepack.parity.runners.executorch import ExecuTorchRunner
+
+    return ExecuTorchRunner(path.parent, SimpleNamespace(path=path.name, max_seq_len=max_seq_len))
+
+
+class OnnxFolderRunner:
+    """An onnxruntime session over a genai-layout decoder: feeds only the inputs the graph declares."""
+
+    def __init__(self, folder: Path, max_seq_len: int, threads: int | None):
+        import onnxruntime as ort
+
+        config = json.loads((folder / "genai_config.json").read_text())
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        model = folder / config["model"]["decoder"]["filename"]
+        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self.max_seq_len = min(max_seq_len, int(config["model"].get("context_length", max_seq_len)))
+        self._inputs = {i.name: i for i in self.session.get_inputs()}
+        self._past = [n for n in self._inputs if n.startswith("past_key_values.")]
+        self._present = [n.replace("past_key_values.", "present.") for n in self._past]
+        self.reset()
+
+    def reset(self) -> None:
+        import numpy as np
+
+        def empty(meta):
+            heads, dim = meta.shape[1], meta.shape[3]
+            return np.zeros((1, heads, 0, dim), dtype=np.float16 if "float16" in meta.type else np.float32)
+
+        self._kv = {name: empty(self._inputs[name]) for name in self._past}
+        self._position = 0
+
+    def forward(self, tokens):
+        import numpy as np
+
+        n = len(tokens)
+        start, end = self._position, self._position + n
+        feeds = {
+            "input_ids": np.asarray(tokens, dtype=np.int64).reshape(1, n),
+            "attention_mask": np.ones((1, end), dtype=np.int64),
+            "position_ids": np.arange(start, end, dtype=np.int64).reshape(1, n),
+            **self._kv,
+        }
+        feeds = {k: v for k, v in feeds.items() if k in self._inputs}
+        outputs = self.session.run(["logits", *self._present], feeds)
+        self._kv = dict(zip(self._past, outputs[1:]))
+        self._position = end
+        return np.asarray(outputs[0][0], dtype=np.float32)
+
+
+class LlamaCppRunner:
+    """llama.cpp on a GGUF; ``forward`` returns the last position's logits only (all llama.cpp computes)."""
+
+    def __init__(self, gguf: Path, max_seq_len: int, threads: int | None):
+        from llama_cpp import Llama
+
+        threads = threads or os.cpu_count()
+        self.llm = Llama(model_path=str(gguf), n_ctx=max_seq_len, n_batch=512, n_threads=threads,
+                         n_threads_batch=threads, logits_all=False, verbose=False)  # fmt: skip
+        self.max_seq_len = max_seq_len
+
+    def reset(self) -> None:
+        self.llm.reset()  # the next eval drops the cache past position 0
+
+    def forward(self, tokens):
+        import numpy as np
+
+        self.llm.eval(list(tokens))
+        return np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)[None, :]

@@ -1,0 +1,397 @@
+"""Host benchmarks: each artifact of an export folder in its own runtime on this machine.
+
+Protocol, the same for edgepack's artifacts and for the anchors (``edgepack.anchors``):
+1. One fresh process per artifact (``python -m edgepack.bench --one SPEC``): peak RSS is a per-process
+   high-water mark, so artifacts measured in one process would inherit each other's peak.
+2. In that process: import the runtime, note the RSS (the baseline), open the artifact (timed: load seconds).
+3. ``warmup`` untimed runs, then ``repeats`` timed runs. A run resets the KV cache, prefills the prompt
+   (``prompt_tokens`` ids of a fixed English text, one chunk), takes the argmax (the first token), then
+   decodes ``decode_tokens`` more tokens one at a time, greedy, ignoring end-of-sequence.
+4. Figures are medians over the timed runs: TTFT = prefill + first argmax; prefill tok/s = prompt tokens /
+   TTFT; decode tok/s = decode tokens / decode seconds; peak RSS = the process's high-water mark (VmHWM).
+
+This module imports only the standard library at the top: the anchors' worker runs it in their own venv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+SCHEMA_VERSION = 1
+# Modules a runtime loads before any artifact: imported before the baseline RSS is read.
+PRELOAD = {
+    "executorch": ("torch", "executorch.runtime", "executorch.kernels.quantized"),
+    "onnx": ("onnxruntime",),
+    "coreml": ("onnxruntime",),
+    "llama.cpp": ("llama_cpp",),
+}
+PROMPT_TEXT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+    "movable metal type, oil-based ink and a wooden screw press. Books became cheaper, literacy spread across "
+    "Europe, and scientists could share their results with colleagues in distant cities. "
+)
+
+
+@dataclass
+class Measurement:
+    """One artifact's figures (medians over the timed runs), or the reason it could not be measured."""
+
+    name: str  # e.g. "edgepack executorch", "optimum-executorch .pte"
+    runtime: str  # what ran it: "executorch 1.5.1 (XNNPACK)", "onnxruntime 1.32.0", ...
+    path: str
+    bytes: int
+    note: str = ""  # e.g. "simulated (onnxruntime)" for Core ML off a Mac
+    error: str | None = None  # "unavailable: ..." or the failure; no figures then
+    load_seconds: float | None = None
+    ttft_seconds: float | None = None
+    decode_seconds: float | None = None
+    prefill_tokens_per_second: float | None = None
+    decode_tokens_per_second: float | None = None
+    peak_rss_bytes: int | None = None
+    baseline_rss_bytes: int | None = None  # after importing the runtime, before loading the artifact
+    greedy: list[int] = field(default_factory=list)  # the first generated ids: a sanity check across runtimes
+    runs: list[dict] = field(default_factory=list)  # each timed run's raw seconds
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class BenchReport:
+    export: str
+    model: str
+    recipe: str
+    protocol: dict  # prompt_tokens, decode_tokens, repeats, warmup, threads
+    machine: dict  # platform, cpu count, load average before and after
+    results: list[Measurement]
+
+    def to_json(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BenchReport":
+        data = {k: v for k, v in data.items() if k != "schema_version"}
+        data["results"] = [Measurement(**r) for r in data["results"]]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    prompt_tokens: int = 128
+    decode_tokens: int = 64
+    repeats: int = 5
+    warmup: int = 1
+    threads: int | None = None  # None: every core
+
+    def check(self) -> None:
+        from edgepack.errors import ConfigError
+
+        problems = [
+            f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}"
+            for name, low in (("prompt_tokens", 1), ("decode_tokens", 1), ("repeats", 1), ("warmup", 0))
+            if getattr(self, name) < low
+        ]
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"--threads must be at least 1, got {self.threads}")
+        if problems:
+            raise ConfigError("bench", problems)
+
+
+def bench(
+    export_dir: str | Path,
+    *,
+    protocol: Protocol = Protocol(),
+    targets: Sequence[str] | None = None,
+    anchors: Sequence[Any] = (),
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Measure every artifact of ``export_dir`` (and each ``edgepack.anchors.Anchor``), one process each."""
+    from edgepack.errors import ArtifactError
+    from edgepack.parity.harness import discover
+
+    say = progress or (lambda message: None)
+    protocol.check()
+    root = Path(export_dir)
+    record = json.loads((root / "export.json").read_text()) if (root / "export.json").is_file() else None
+    artifacts = [a for a in discover(root) if not targets or a.target in targets]
+    if not artifacts:
+        raise ArtifactError(f"{root} holds no artifact for target(s) {', '.join(targets or [])}.")
+    prompt = prompt_ids(root / "tokenizer", protocol.prompt_tokens)
+    load_before = _load_average()
+    results = []
+    for artifact in artifacts:
+        say(f"bench[{artifact.target}]: {artifact.path}")
+        spec = {"kind": "artifact", "export_dir": str(root.resolve()), "target": artifact.target}
+        name = f"edgepack {artifact.target}"
+        results.append(run_isolated(name, spec, prompt, protocol, _artifact_bytes(root, artifact.files)))
+    for anchor in anchors:
+        say(f"bench[anchor]: {anchor.name}")
+        results.append(anchor.measure(prompt, protocol))
+    return BenchReport(
+        export=str(root),
+        model=record["checkpoint"]["model_id"] if record else "",
+        recipe=record["recipe"]["name"] if record else "",
+        protocol=asdict(protocol),
+        machine={**_machine(), "load_average_before": load_before, "load_average_after": _load_average()},
+        results=results,
+    )
+
+
+def run_isolated(
+    name: str,
+    spec: dict,
+    prompt: list[int],
+    protocol: Protocol,
+    size: int,
+    *,
+    python: str | None = None,
+    env: dict | None = None,
+    timeout: float = 1800,
+) -> Measurement:
+    """Run one measurement in a fresh process (``python -m edgepack.bench --one``) and read its JSON back."""
+    payload = json.dumps({**spec, "name": name, "prompt": prompt, "protocol": asdict(protocol)})
+    cmd = [python or sys.executable, "-m", "edgepack.bench", "--one", payload]
+    child_env = {**os.environ, **(env or {})}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env)
+    except subprocess.TimeoutExpired:
+        return Measurement(name, "", spec.get("path", ""), size, error=f"timed out after {timeout:.0f} s")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return Measurement(name, "", spec.get("path", ""), size, error=f"worker failed: {tail}")
+    result = json.loads(lines[-1])
+    if "error" in result:
+        return Measurement(name, "", spec.get("path", ""), size, error=result["error"])
+    return Measurement(**{**result, "bytes": size})
+
+
+def measure(runner, prompt: Sequence[int], protocol: Protocol) -> dict:
+    """The timing loop over one opened runner (``reset()``, ``forward(tokens) -> logits``); medians."""
+    needed = len(prompt) + protocol.decode_tokens
+    if needed > runner.max_seq_len:
+        from edgepack.errors import ArtifactError
+
+        raise ArtifactError(
+            f"{len(prompt)} prompt + {protocol.decode_tokens} decode tokens exceed the artifact's "
+            f"{runner.max_seq_len}-position KV cache; lower --prompt-tokens or --decode-tokens."
+        )
+    for _ in range(protocol.warmup):
+        _one_run(runner, prompt, protocol.decode_tokens)
+    runs = [_one_run(runner, prompt, protocol.decode_tokens) for _ in range(protocol.repeats)]
+    ttft = statistics.median(r["ttft_seconds"] for r in runs)
+    decode = statistics.median(r["decode_seconds"] for r in runs)
+    return {
+        "ttft_seconds": ttft,
+        "decode_seconds": decode,
+        "prefill_tokens_per_second": len(prompt) / ttft,
+        "decode_tokens_per_second": protocol.decode_tokens / decode,
+        "greedy": runs[0].pop("greedy"),
+        "runs": [{k: v for k, v in r.items() if k != "greedy"} for r in runs],
+    }
+
+
+def _one_run(runner, prompt: Sequence[int], decode_tokens: int) -> dict:
+    import numpy as np
+
+    runner.reset()
+    start = time.perf_counter()
+    token = int(np.argmax(runner.forward(list(prompt))[-1]))
+    first = time.perf_counter()
+    generated = [token]
+    for _ in range(decode_tokens):
+        token = int(np.argmax(runner.forward([token])[-1]))
+        generated.append(token)
+    end = time.perf_counter()
+    return {"ttft_seconds": first - start, "decode_seconds": end - first, "greedy": generated[:16]}
+
+
+def prompt_ids(tokenizer_dir: Path, n: int) -> list[int]:
+    """``n`` ids of a fixed English text (repeated as needed); synthetic ids where no tokenizer was exported."""
+    if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        return [(i * 7919) % 200 + 3 for i in range(n)]
+    from edgepack.tokenizer import DeviceTokenizer
+
+    ids = DeviceTokenizer(Path(tokenizer_dir)).encode(PROMPT_TEXT)
+    return (ids * (n // len(ids) + 1))[:n]
+
+
+# ---- the worker: runs in a fresh process ----
+
+
+def worker(spec: dict) -> dict:
+    """Open one artifact or anchor as ``spec`` says, measure it, and return the Measurement's fields."""
+    protocol = Protocol(**spec["protocol"])
+    kind = spec["kind"]
+    runtime_key = spec["target"] if kind == "artifact" else spec["anchor_runtime"]
+    for module in PRELOAD.get(runtime_key, ()):
+        __import__(module)
+    _set_threads(protocol.threads, runtime_key)
+    baseline = _rss("VmRSS")
+    start = time.perf_counter()
+    runner, info = _open(spec, protocol)
+    load_seconds = time.perf_counter() - start
+    figures = measure(runner, spec["prompt"], protocol)
+    return {
+        "name": spec["name"],
+        **info,
+        "load_seconds": load_seconds,
+        **figures,
+        "peak_rss_bytes": _rss("VmHWM"),
+        "baseline_rss_bytes": baseline,
+    }
+
+
+def _open(spec: dict, protocol: Protocol):
+    """(runner, {"runtime", "path", "note"}) for an export folder's artifact or an anchor."""
+    if spec["kind"] == "anchor":
+        from edgepack.anchors import open_anchor
+
+        return open_anchor(spec, protocol.threads)
+    from edgepack.exporters import Artifact
+    from edgepack.parity import open_runner
+
+    root = Path(spec["export_dir"])
+    artifact = Artifact.read(root / spec["target"])
+    options = {"threads": protocol.threads} if artifact.target == "onnx" and protocol.threads else {}
+    runner = open_runner(root, artifact, **options)
+    return runner, {"runtime": runtime_label(artifact.target), "path": artifact.path, "note": _note(artifact.target)}
+
+
+def runtime_label(target: str) -> str:
+    from importlib.metadata import version
+
+    if target == "executorch":
+        return f"executorch {version('executorch')} (XNNPACK)"
+    if target == "llama.cpp":
+        return f"llama.cpp (llama-cpp-python {version('llama-cpp-python')})"
+    return f"onnxruntime {version('onnxruntime')}"
+
+
+def _note(target: str) -> str:
+    if target == "coreml" and sys.platform != "darwin":
+        return "simulated (onnxruntime): Core ML's MIL program translated to ONNX, not a device runtime"
+    return ""
+
+
+def _set_threads(threads: int | None, runtime: str) -> None:
+    # ExecuTorch's XNNPACK threadpool is process-wide; onnxruntime and llama.cpp take threads when opened.
+    if threads and runtime == "executorch":
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(threads)
+
+
+def _rss(field_name: str) -> int:
+    """VmRSS / VmHWM in bytes from /proc (Linux); ru_maxrss elsewhere (bytes on macOS)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _artifact_bytes(root: Path, files: Sequence[str]) -> int:
+    total = 0
+    for name in files:
+        path = root / name
+        if path.is_dir():
+            total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            total += path.stat().st_size
+    return total
+
+
+def _machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ---- reading the figures ----
+
+
+def format_table(report: BenchReport) -> str:
+    """A plain-text table, one row per artifact or anchor."""
+    p = report.protocol
+    head = (
+        f"{report.model} {report.recipe}: prompt {p['prompt_tokens']} tokens, decode {p['decode_tokens']}, "
+        f"median of {p['repeats']} (warm-up {p['warmup']}), threads {p['threads'] or report.machine['cpus']}"
+    )
+    cols = ("artifact", "runtime", "MB", "TTFT ms", "prefill tok/s", "decode tok/s", "peak RSS MB", "load s")
+    rows = [cols] + [_row(m) for m in report.results]
+    widths = [max(len(r[i]) for r in rows if len(r) > i) for i in range(len(cols))]
+    lines = [head, ""]
+    for row in rows:
+        if len(row) == 2:  # an error row: name, then the reason across the figure columns
+            lines.append(f"{row[0]:<{widths[0]}}  {row[1]}")
+        else:
+            lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    notes = [f"{m.name}: {m.note}" for m in report.results if m.note]
+    load = report.machine.get("load_average_before"), report.machine.get("load_average_after")
+    lines += [""] + notes + [f"machine: {report.machine['processor']}, {report.machine['cpus']} cpus; "
+                             f"load average (1/5/15 min) before {load[0]}, after {load[1]}"]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _row(m: Measurement) -> tuple[str, ...]:
+    if not m.ok:
+        return (m.name, m.error or "")
+    return (
+        m.name,
+        m.runtime + (" *" if m.note else ""),
+        f"{m.bytes / 1e6:.1f}",
+        f"{m.ttft_seconds * 1e3:.1f}",
+        f"{m.prefill_tokens_per_second:.1f}",
+        f"{m.decode_tokens_per_second:.1f}",
+        f"{m.peak_rss_bytes / 2**20:.0f}",
+        f"{m.load_seconds:.2f}",
+    )
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "--one":
+        print("usage: python -m edgepack.bench --one SPEC_JSON (one measurement; use `edgepack bench`)", file=sys.stderr)
+        return 2
+    try:
+        result = worker(json.loads(argv[1]))
+    except Exception as exc:  # noqa: BLE001 - reported in the table row, the other artifacts still run
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,111 @@
+"""edgepack bench: per-artifact speed and peak RSS, each artifact in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgepack.bench import Protocol, bench, format_table, prompt_ids
+from edgepack.cli import main
+
+SMALL = Protocol(prompt_tokens=12, decode_tokens=6, repeats=3, warmup=1, threads=1)
+
+
+@pytest.fixture(scope="module")
+def onnx_export(tiny_checkpoint, tmp_path_factory):
+    from edgepack.pipeline import export
+
+    out = tmp_path_factory.mktemp("bench") / "tiny-fp32"
+    export(tiny_checkpoint("llama"), out=out, recipe="fp32", targets=["onnx"], parity=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(onnx_export):
+    return bench(onnx_export, protocol=SMALL)
+
+
+def test_figures_are_positive_and_consistent(report, onnx_export):
+    (m,) = report.results
+    assert m.ok, m.error
+    assert m.name == "edgepack onnx" and m.runtime.startswith("onnxruntime ")
+    model_files = [onnx_export / "onnx" / n for n in ("model.onnx", "model.onnx.data") if (onnx_export / "onnx" / n).exists()]
+    assert m.bytes >= sum(p.stat().st_size for p in model_files) > 0
+    assert len(m.runs) == SMALL.repeats
+    # medians of the timed runs, and rates derived from them
+    assert m.ttft_seconds == pytest.approx(statistics.median(r["ttft_seconds"] for r in m.runs))
+    assert m.decode_seconds == pytest.approx(statistics.median(r["decode_seconds"] for r in m.runs))
+    assert m.decode_tokens_per_second == pytest.approx(SMALL.decode_tokens / m.decode_seconds)
+    assert m.prefill_tokens_per_second == pytest.approx(SMALL.prompt_tokens / m.ttft_seconds)
+    assert 0 < m.load_seconds and 0 < m.ttft_seconds < 60 and 0 < m.decode_seconds < 60
+    # the child's own high-water mark: above its baseline (runtime imported, model not yet loaded)
+    assert m.peak_rss_bytes > m.baseline_rss_bytes > 10 * 2**20
+    assert report.protocol["repeats"] == SMALL.repeats and report.machine["cpus"] >= 1
+
+
+def test_greedy_tokens_match_a_direct_decode(report, onnx_export):
+    """The worker decodes what the runner decodes in this process: the figures come from real generation."""
+    from edgepack.parity import open_runner
+    from edgepack.parity.harness import discover
+
+    (artifact,) = discover(onnx_export)
+    runner = open_runner(onnx_export, artifact)
+    token = int(np.argmax(runner.forward(prompt_ids(onnx_export / "tokenizer", SMALL.prompt_tokens))[-1]))
+    expected = [token]
+    for _ in range(SMALL.decode_tokens):
+        token = int(np.argmax(runner.forward([token])[-1]))
+        expected.append(token)
+    assert report.results[0].greedy == expected
+
+
+def test_too_long_a_run_is_an_error_row_not_a_crash(onnx_export):
+    max_seq_len = json.loads((onnx_export / "export.json").read_text())["max_seq_len"]
+    result = bench(onnx_export, protocol=Protocol(prompt_tokens=max_seq_len, decode_tokens=4, repeats=1, warmup=0))
+    (m,) = result.results
+    assert not m.ok and "exceed the artifact's" in m.error and "--prompt-tokens" in m.error
+    assert "exceed" in format_table(result)
+
+
+def test_cli_json_writes_bench_json(onnx_export):
+    args = ["bench", str(onnx_export), "--json", "-q", "--prompt-tokens", "8", "--decode-tokens", "4",
+            "--repeats", "1", "--warmup", "0"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed == json.loads((onnx_export / "bench.json").read_text())
+    (m,) = printed["results"]
+    assert m["decode_tokens_per_second"] == pytest.approx(4 / m["decode_seconds"])
+
+
+def test_cli_rejects_bad_options_all_at_once(onnx_export):
+    result = CliRunner().invoke(main, ["bench", str(onnx_export), "--repeats", "0", "--decode-tokens", "0"])
+    assert result.exit_code == 2
+    assert "--repeats must be at least 1, got 0" in result.output
+    assert "--decode-tokens must be at least 1, got 0" in result.output
+
+
+def test_cli_on_a_folder_that_is_no_export(tmp_path):
+    result = CliRunner().invoke(main, ["bench", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "is not an edgepack export folder" in result.output
+
+
+@pytest.mark.slow
+def test_smollm2_int4_block32_on_both_runtimes(smollm2, tmp_path):
+    from edgepack.pipeline import export
+
+    out = tmp_path / "smollm2"
+    export(smollm2, out=out, recipe="int4-block32", targets=["executorch", "onnx"], max_seq_len=256, parity=False)
+    result = bench(out, protocol=Protocol(prompt_tokens=64, decode_tokens=16, repeats=3, warmup=1))
+    by_name = {m.name: m for m in result.results}
+    assert set(by_name) == {"edgepack executorch", "edgepack onnx"}
+    for m in by_name.values():
+        assert m.ok, m.error
+        assert m.decode_tokens_per_second > 5 and 30e6 < m.bytes < 200e6
+        assert m.peak_rss_bytes > m.baseline_rss_bytes
+    # both runtimes run the same quantized model: they agree on the first greedy tokens
+    assert by_name["edgepack executorch"].greedy[:4] == by_name["edgepack onnx"].greedy[:4]
