@@ -72,9 +72,14 @@ def export(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     fallback: Any = None,
+    devices: str | Sequence[str] = "all",
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Export ``model`` with ``recipe`` to each of ``targets`` (default: all) in ``out``."""
+    """Export ``model`` with ``recipe`` to each of ``targets`` (default: all) in ``out``.
+
+    ``devices`` (profile names, or "all") fills the manifest's devices section: which artifact each device
+    should load, or cloud-only and why.
+    """
     start = time.perf_counter()
     say = progress or (lambda message: None)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -95,7 +100,7 @@ def export(
 
             say("verify: checking parity against the fp32 reference")
             result.parity = check_parity(tmp, progress=say, **(parity_options or {}))
-        manifest = package(tmp, fallback, say)
+        manifest = package(tmp, fallback, devices, say)
     result.manifest = out / manifest.name if manifest else None
     result.seconds = time.perf_counter() - start
     if result.parity is not None and not result.parity.passed:
@@ -221,13 +226,16 @@ def export_target(checkpoint: Checkpoint, recipe: Recipe, target: str, root: Pat
     return artifact
 
 
-def package(root: Path, fallback: Any, say) -> Path | None:
+def package(root: Path, fallback: Any, devices: str | Sequence[str], say) -> Path | None:
     try:
         from edgepack.manifest import write_manifest
     except ModuleNotFoundError:
         return None
-    say("package: writing manifest.json")
-    return write_manifest(root, fallback=fallback)
+    from edgepack.plan import devices_section, plan_export
+
+    say("package: planning device fit and writing manifest.json")
+    devices = devices_section(plan_export(root, devices))
+    return write_manifest(root, fallback=fallback, devices=devices)
 
 
 def _size(path: Path) -> int:
