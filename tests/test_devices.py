@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from edgepack.cli import main
+from edgepack.config import read_data
 from edgepack.devices import GIB, available, devices_dir, load_device, load_devices, looks_like_device
 from edgepack.errors import ConfigError
-from edgepack.config import read_data
 
 REQUIRED = {"iphone-15-pro": 8, "iphone-13": 4, "pixel-8-pro": 12, "galaxy-s24": 8, "raspberry-pi-5": 8}
 
@@ -54,7 +54,10 @@ def test_a_profile_with_typos_reports_every_problem_with_file_key_and_allowed_ke
     text = str(err)
     assert str(path) in text
     assert "os.min_verison: unknown key; allowed keys: min_version, name" in text
-    assert "memroy: unknown key; allowed keys: accelerators, display_name, memory, name, os, runtimes, soc" in text
+    assert (
+        "memroy: unknown key; allowed keys: accelerators, display_name, memory, name, os, runtimes, soc"
+        in text
+    )
     assert "memory: required key is missing" in text
     assert "os.min_version: required key is missing" in text
     assert "runtimes.1:" in text and "'tflite'" in text

@@ -92,7 +92,9 @@ def test_a_changed_input_reruns_only_its_cells(tmp_path, models):
     recipe.write_text((Path(__file__).parents[1] / "recipes" / "int8-weight.yaml").read_text().replace(
         "name: int8-weight", "name: int8-copy"))  # fmt: skip
     runner = CountingRunner()
-    run_matrix(load_matrix(write_config(tmp_path, models, recipes=["int4-block32", "int8-copy.yaml"])), runner=runner)
+    run_matrix(
+        load_matrix(write_config(tmp_path, models, recipes=["int4-block32", "int8-copy.yaml"])), runner=runner
+    )
     assert sorted(runner.calls) == [c.replace("int8-weight", "int8-copy.yaml") for c in CELLS if "int8" in c]
 
 
@@ -152,7 +154,9 @@ def test_failures_are_reported_not_cached_and_retried(tmp_path, models):
     matrix = load_matrix(write_config(tmp_path, models))
     summary = run_matrix(matrix, runner=CountingRunner(fail="qwen/int8-weight/onnx"))
     failed = [r for r in summary["cells"] if r["status"] == "failed"]
-    assert [(r["cell"], r["error"]) for r in failed] == [("qwen/int8-weight/onnx", "backend failed on qwen/int8-weight/onnx")]
+    assert [(r["cell"], r["error"]) for r in failed] == [
+        ("qwen/int8-weight/onnx", "backend failed on qwen/int8-weight/onnx")
+    ]
     retry = CountingRunner()
     run_matrix(matrix, runner=retry)
     assert retry.calls == ["qwen/int8-weight/onnx"]
@@ -165,7 +169,9 @@ def test_shards_partition_the_cells_and_ci_matrix_carries_cache_keys(tmp_path, m
     assert sorted(c.id for s in shards for c in s) == CELLS
     assert [len(s) for s in shards] == [3, 3, 2]
     runner = CliRunner()
-    result = runner.invoke(main, ["matrix", str(tmp_path / "matrix.yaml"), "--emit-ci", "github", "--shard", "2/3"])
+    result = runner.invoke(
+        main, ["matrix", str(tmp_path / "matrix.yaml"), "--emit-ci", "github", "--shard", "2/3"]
+    )
     assert result.exit_code == 0, result.output
     include = json.loads(result.output)["include"]
     keys = cell_keys(matrix, shards[1])
@@ -177,16 +183,27 @@ def test_shards_partition_the_cells_and_ci_matrix_carries_cache_keys(tmp_path, m
 
 
 def test_config_errors_are_reported_at_once(tmp_path, models):
-    path = write_config(tmp_path, models, recipes=["int4-block32", "int3"], targets=["onnx", "tflite"], worker=2)
+    path = write_config(
+        tmp_path, models, recipes=["int4-block32", "int3"], targets=["onnx", "tflite"], worker=2
+    )
     with pytest.raises(ConfigError) as info:
         load_matrix(path)
-    assert "worker: unknown key; allowed keys: devices, max_seq_len, models, out, parity, recipes, targets, workers" in str(info.value)
-    path = write_config(tmp_path, models, recipes=["int4-block32", "int3"], targets=["onnx", "tflite"], devices=["nokia"])
+    assert (
+        "worker: unknown key; allowed keys: devices, max_seq_len, models, out, parity, recipes, targets, workers"
+        in str(info.value)
+    )
+    path = write_config(
+        tmp_path, models, recipes=["int4-block32", "int3"], targets=["onnx", "tflite"], devices=["nokia"]
+    )
     with pytest.raises(ConfigError) as info:
         load_matrix(path)
     assert len(info.value.problems) == 3
     text = str(info.value)
-    assert "unknown recipe 'int3'" in text and "unknown target 'tflite'" in text and "unknown device 'nokia'" in text
+    assert (
+        "unknown recipe 'int3'" in text
+        and "unknown target 'tflite'" in text
+        and "unknown device 'nokia'" in text
+    )
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 2 and "unknown target 'tflite'" in result.output
 
@@ -218,7 +235,9 @@ def test_worker_processes_run_each_cell_once(tmp_path, models):
 
 def test_real_exports_are_cached(tmp_path, models):
     """The default runner: the real pipeline exports two tiny models to ONNX once; the rerun exports nothing."""
-    config = write_config(tmp_path, models, recipes=["int8-weight"], targets=["onnx"], parity=False, max_seq_len=32)
+    config = write_config(
+        tmp_path, models, recipes=["int8-weight"], targets=["onnx"], parity=False, max_seq_len=32
+    )
     first = run_matrix(load_matrix(config))
     assert first["counts"] == {"exported": 2, "cached": 0, "parity-failed": 0, "failed": 0}, first["cells"]
     records = {}
@@ -229,4 +248,6 @@ def test_real_exports_are_cached(tmp_path, models):
         assert row["fits"] == {"iphone-13": 32}  # the artifact's whole max_seq_len fits a 4 GB phone
     second = run_matrix(load_matrix(config))
     assert second["counts"]["cached"] == 2 and second["counts"]["exported"] == 0
-    assert {r["cell"]: (tmp_path / "out" / r["out"] / "export.json").stat().st_mtime_ns for r in second["cells"]} == records
+    assert {
+        r["cell"]: (tmp_path / "out" / r["out"] / "export.json").stat().st_mtime_ns for r in second["cells"]
+    } == records

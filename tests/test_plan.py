@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 from click.testing import CliRunner
 from safetensors import safe_open
 
@@ -16,18 +15,39 @@ from edgepack.plan import devices_section, plan, plan_export
 from edgepack.recipes import load_recipe
 
 # A Llama of about 5.6B parameters with a small vocabulary: int8 is too big for an 8 GB Android phone, int4 is not.
-LARGE = dict(model_type="llama", num_hidden_layers=28, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
-             intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096, tie_word_embeddings=False)
+LARGE = {
+    "model_type": "llama",
+    "num_hidden_layers": 28,
+    "hidden_size": 4096,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 11008,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": False,
+}
 # SmolLM2-135M's config.
-SMALL = dict(model_type="llama", num_hidden_layers=30, hidden_size=576, num_attention_heads=9, num_key_value_heads=3,
-             intermediate_size=1536, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True)
+SMALL = {
+    "model_type": "llama",
+    "num_hidden_layers": 30,
+    "hidden_size": 576,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "intermediate_size": 1536,
+    "vocab_size": 49152,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+}
 SMALL_PARAMS = 134_515_008
 PHONES = ["iphone-15-pro", "iphone-13", "galaxy-s24", "pixel-8-pro", "android-midrange-6gb"]
 
 
 def reference_int4_block128_bytes(cfg) -> int:
     """int4 linear layers with an fp32 scale per 128 weights, int8 per-row embedding and lm_head, fp32 norms."""
-    h, kv = cfg["hidden_size"], cfg["num_key_value_heads"] * (cfg["hidden_size"] // cfg["num_attention_heads"])
+    h, kv = (
+        cfg["hidden_size"],
+        cfg["num_key_value_heads"] * (cfg["hidden_size"] // cfg["num_attention_heads"]),
+    )
     per_layer = 2 * h * h + 2 * h * kv + 3 * h * cfg["intermediate_size"]
     linear = cfg["num_hidden_layers"] * per_layer
     table = cfg["vocab_size"] * h + cfg["vocab_size"] * 4  # int8 values + one fp32 scale per row
@@ -39,20 +59,32 @@ def reference_max_context(cfg, weights: int, budget: int) -> int:
     """executorch: fp32 K and V for every layer at every position; 40 MiB runtime; fp32 activations of a
     128-token prefill chunk (logits, 2 hidden, MLP, one layer's scores over the context)."""
     kv_per_token = cfg["num_hidden_layers"] * 2 * cfg["num_key_value_heads"] * 128 * 4
-    fixed = weights + 40 * MIB + 4 * 128 * (cfg["vocab_size"] + 2 * cfg["hidden_size"] + cfg["intermediate_size"])
+    fixed = (
+        weights + 40 * MIB + 4 * 128 * (cfg["vocab_size"] + 2 * cfg["hidden_size"] + cfg["intermediate_size"])
+    )
     per_token = kv_per_token + 4 * 128 * cfg["num_attention_heads"]
     return (budget - fixed) // per_token
 
 
 def test_kv_cache_is_layers_kv_heads_head_dim_two_bytes_context_and_window_aware():
-    cfg = dict(num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-               vocab_size=320, sliding_window=8, layer_types=["sliding_attention", "full_attention"] * 2)
+    cfg = {
+        "num_hidden_layers": 4,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 320,
+        "sliding_window": 8,
+        "layer_types": ["sliding_attention", "full_attention"] * 2,
+    }
     geom = Geometry.from_config(cfg)
     assert geom.kv_cache(100, 4, window_aware=False) == 4 * 2 * 16 * 2 * 4 * 100
     assert geom.kv_cache(100, 4, window_aware=True) == 2 * 16 * 2 * 4 * (8 + 100 + 8 + 100)
     assert geom.kv_cache(5, 2, window_aware=True) == 4 * 2 * 16 * 2 * 2 * 5  # shorter than the window
     # Qwen2-style configs carry a window they do not use; Mistral-style ones window every layer.
-    assert Geometry.from_config({**cfg, "layer_types": None, "use_sliding_window": False}).windows == (None,) * 4
+    assert (
+        Geometry.from_config({**cfg, "layer_types": None, "use_sliding_window": False}).windows == (None,) * 4
+    )
     assert Geometry.from_config({**cfg, "layer_types": None}).windows == (8,) * 4
     # Gemma 3 multimodal configs nest the language model's settings.
     assert Geometry.from_config({"text_config": cfg}).windows == (8, None, 8, None)
@@ -62,19 +94,18 @@ def test_weight_estimate_matches_the_tensors_of_a_real_checkpoint(tiny_checkpoin
     """int4-block32 over the real tensor shapes in a tiny Llama's safetensors file, counted here by hand."""
     folder = tiny_checkpoint("llama")
     config = json.loads((folder / "config.json").read_text())
-    expected = 0
+    expected = total = 0
     with safe_open(folder / "model.safetensors", "np") as f:
-        for name in f.keys():
+        for name in f.keys():  # noqa: SIM118 - a safetensors handle is not a dict
             shape = f.get_slice(name).get_shape()
             n = math.prod(shape)
+            total += n
             if name.endswith("embed_tokens.weight"):  # tied: a quantized gather table and a quantized lm_head
                 expected += 2 * (n + shape[0] * 4)
             elif len(shape) == 2:
                 expected += n // 2 + n // 32 * 4
             else:
                 expected += n * 4
-    total = sum(math.prod(safe_open(folder / "model.safetensors", "np").get_slice(k).get_shape())
-                for k in safe_open(folder / "model.safetensors", "np").keys())  # fmt: skip
     assert weight_bytes(Geometry.from_config(config), load_recipe("int4-block32"), total).total == expected
 
 
@@ -146,11 +177,15 @@ def test_plan_of_an_export_folder_uses_the_artifact_bytes_and_its_max_seq_len(tm
 
 def test_cli_plans_a_checkpoint_folder_and_a_bare_config(tiny_checkpoint, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(main, ["plan", str(tiny_checkpoint("llama")), "--devices", "iphone-13,galaxy-s24", "--json"])
+    result = runner.invoke(
+        main, ["plan", str(tiny_checkpoint("llama")), "--devices", "iphone-13,galaxy-s24", "--json"]
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert [(r["device"], r["recipe"], r["max_context"]) for r in rows] == [
-        ("iphone-13", "int8-weight", 256), ("galaxy-s24", "int8-weight", 256)]  # the tiny model's whole context
+        ("iphone-13", "int8-weight", 256),
+        ("galaxy-s24", "int8-weight", 256),
+    ]  # the tiny model's whole context
     config = tmp_path / "config.json"
     config.write_text(json.dumps(LARGE))
     text = runner.invoke(main, ["plan", str(config), "--devices", "iphone-13,galaxy-s24"])

@@ -28,7 +28,7 @@ class OSSpec(Strict):
     min_version: str = Field(description="the oldest OS version the app supports on this device, e.g. '17.0'")
 
     @model_validator(mode="after")
-    def _check(self) -> "OSSpec":
+    def _check(self) -> OSSpec:
         if not re.fullmatch(r"\d+(\.\d+)*", self.min_version):
             raise ValueError(f"min_version must be dotted numbers like '17.0', got {self.min_version!r}")
         return self
@@ -47,18 +47,22 @@ class MemorySpec(Strict):
     app_limit_gb: float = Field(gt=0, description="what one app may really use, by default")
     extended: ExtendedLimit | None = None
     headroom_gb: float = Field(0.5, ge=0, description="kept free for the app itself (UI, tokenizer, slack)")
-    java_heap_mb: int | None = Field(None, gt=0, description="Android: getMemoryClass(); does not cap native memory")
+    java_heap_mb: int | None = Field(
+        None, gt=0, description="Android: getMemoryClass(); does not cap native memory"
+    )
     large_heap_mb: int | None = Field(None, gt=0, description="Android: with android:largeHeap")
 
     @model_validator(mode="after")
-    def _check(self) -> "MemorySpec":
+    def _check(self) -> MemorySpec:
         problems = []
         if self.app_limit_gb > self.ram_gb:
             problems.append(f"app_limit_gb ({self.app_limit_gb}) exceeds ram_gb ({self.ram_gb})")
         if self.extended and not self.app_limit_gb <= self.extended.gb <= self.ram_gb:
             problems.append(f"extended.gb ({self.extended.gb}) must lie between app_limit_gb and ram_gb")
         if self.headroom_gb >= self.app_limit_gb:
-            problems.append(f"headroom_gb ({self.headroom_gb}) leaves nothing of app_limit_gb ({self.app_limit_gb})")
+            problems.append(
+                f"headroom_gb ({self.headroom_gb}) leaves nothing of app_limit_gb ({self.app_limit_gb})"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -74,7 +78,7 @@ class Device(Strict):
     accelerators: list[Accelerator] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "Device":
+    def _check(self) -> Device:
         if len(set(self.runtimes)) != len(self.runtimes):
             raise ValueError(f"runtimes lists a runtime twice: {self.runtimes}")
         if "coreml" in self.runtimes and self.os.name != "ios":
@@ -108,7 +112,9 @@ def load_device(name_or_path: str | Path) -> Device:
         if not path.is_file():
             raise ConfigError(
                 str(name_or_path),
-                [f"unknown device; shipped profiles: {', '.join(available())}. Or pass a path to a .yaml file."],
+                [
+                    f"unknown device; shipped profiles: {', '.join(available())}. Or pass a path to a .yaml file."
+                ],
             )
     elif not path.is_file():
         raise ConfigError(str(path), ["file not found"])

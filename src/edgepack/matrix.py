@@ -17,10 +17,11 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -40,7 +41,9 @@ BACKENDS = {
 
 
 class ModelEntry(Strict):
-    path: str = Field(description="a model folder, .gguf file or hub id; relative paths from the config's folder")
+    path: str = Field(
+        description="a model folder, .gguf file or hub id; relative paths from the config's folder"
+    )
     name: str | None = Field(None, description="the cell name; default: the folder or file name")
 
 
@@ -109,12 +112,18 @@ def _problems(matrix: Matrix) -> list[str]:
     problems += [f"recipes: recipe file {r} not found" for r in cfg.recipes
                  if Path(r).suffix and not _from(matrix.base, r).is_file()]  # fmt: skip
     targets = target_names()
-    problems += [f"targets: unknown target {t!r}; supported: {', '.join(targets)}" for t in cfg.targets if t not in targets]
+    problems += [
+        f"targets: unknown target {t!r}; supported: {', '.join(targets)}"
+        for t in cfg.targets
+        if t not in targets
+    ]
     if cfg.devices != "all":
         shipped = devices.available()
         problems += [f"devices: unknown device {d!r}; shipped: {', '.join(shipped)}"
                      for d in cfg.devices if d not in shipped and not Path(d).suffix]  # fmt: skip
-    names = [m.name or _model_name(m.path) if isinstance(m, ModelEntry) else _model_name(m) for m in cfg.models]
+    names = [
+        m.name or _model_name(m.path) if isinstance(m, ModelEntry) else _model_name(m) for m in cfg.models
+    ]
     dupes = sorted({n for n in names if names.count(n) > 1})
     problems += [f"models: two models are named {n!r}; give them distinct 'name's" for n in dupes]
     return problems
@@ -186,7 +195,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def select(cells: list[Cell], shard: tuple[int, int] | None = None, only: list[str] | None = None) -> list[Cell]:
+def select(
+    cells: list[Cell], shard: tuple[int, int] | None = None, only: list[str] | None = None
+) -> list[Cell]:
     if only:
         ids = {c.id for c in cells}
         unknown = [o for o in only if o not in ids]
@@ -204,7 +215,13 @@ def github_matrix(matrix: Matrix, cells: list[Cell]) -> dict:
     keys = cell_keys(matrix, cells)
     return {
         "include": [
-            {"cell": c.id, "model": c.model, "recipe": c.recipe, "target": c.target, "key": f"edgepack-{keys[c.id]}"}
+            {
+                "cell": c.id,
+                "model": c.model,
+                "recipe": c.recipe,
+                "target": c.target,
+                "key": f"edgepack-{keys[c.id]}",
+            }
             for c in cells
         ]
     }
@@ -317,7 +334,9 @@ def _summary(matrix: Matrix, rows: list[dict]) -> dict:
     devices = None if matrix.config.devices == "all" else matrix.config.devices
     for row in rows:
         row["fits"] = _fits(matrix.out / row["out"], devices) if row["status"] != "failed" else {}
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("exported", "cached", "parity-failed", "failed")}
+    counts = {
+        s: sum(r["status"] == s for r in rows) for s in ("exported", "cached", "parity-failed", "failed")
+    }
     return {"edgepack_version": __version__, "out": str(matrix.out), "counts": counts, "cells": rows}
 
 

@@ -79,7 +79,7 @@ class Geometry:
     windows: tuple[int | None, ...]  # per layer: the sliding window, or None for full attention
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Geometry":
+    def from_config(cls, config: dict[str, Any]) -> Geometry:
         cfg = config.get("text_config") or config  # multimodal wrappers keep the LM's settings there
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
@@ -93,12 +93,14 @@ class Geometry:
             intermediate_size=int(cfg.get("intermediate_size") or 4 * hidden),
             vocab_size=int(cfg["vocab_size"]),
             context_length=int(cfg.get("max_position_embeddings") or 2048),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
+            tie_word_embeddings=bool(
+                config.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))
+            ),
             windows=_windows(cfg.get("layer_types"), _window(cfg), layers),
         )
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "Geometry":
+    def from_record(cls, record: dict[str, Any]) -> Geometry:
         """From export.json's ``checkpoint`` record (what the pipeline writes), or the checkpoint's config."""
         config_file = Path(record.get("path") or "") / "config.json"
         if record.get("path") and config_file.is_file():
@@ -119,7 +121,9 @@ class Geometry:
                 }
             )
         except (KeyError, TypeError) as exc:
-            raise ArtifactError(f"export.json's checkpoint record lacks {exc} needed for the memory estimate.") from None
+            raise ArtifactError(
+                f"export.json's checkpoint record lacks {exc} needed for the memory estimate."
+            ) from None
 
     def kv_bytes_per_token(self, kv_bytes: int) -> int:
         return 2 * self.num_kv_heads * self.head_dim * kv_bytes
@@ -143,7 +147,9 @@ def _window(cfg: dict) -> int | None:
     return cfg.get("sliding_window") or None
 
 
-def _windows(layer_types: list[str] | None, sliding_window: int | None, layers: int) -> tuple[int | None, ...]:
+def _windows(
+    layer_types: list[str] | None, sliding_window: int | None, layers: int
+) -> tuple[int | None, ...]:
     if not sliding_window:
         return (None,) * layers
     if not layer_types:  # e.g. Mistral: one window for every layer
@@ -164,7 +170,12 @@ class Tensor:
 
 def weight_tensors(geom: Geometry) -> list[Tensor]:
     """The linear weights of a Llama-shaped decoder (q, k, v, o, gate, up, down per layer) plus embeddings."""
-    h, q, kv, inter = geom.hidden_size, geom.num_heads * geom.head_dim, geom.num_kv_heads * geom.head_dim, geom.intermediate_size
+    h, q, kv, inter = (
+        geom.hidden_size,
+        geom.num_heads * geom.head_dim,
+        geom.num_kv_heads * geom.head_dim,
+        geom.intermediate_size,
+    )
     shapes = {
         "self_attn.q_proj": (q, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
         "self_attn.o_proj": (h, q), "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
@@ -196,7 +207,11 @@ def weight_bytes(geom: Geometry, recipe, num_parameters: int | None = None) -> W
         by_kind["lm_head"] = 0  # one shared float tensor
     counted = embed.numel * (1 if geom.tie_word_embeddings else 2) + sum(t.numel for t in linears)
     # Norms, biases and anything the Llama shape misses (from the real count when known) stay at dtype.
-    other = (num_parameters - counted) if num_parameters else geom.num_layers * 2 * geom.hidden_size + geom.hidden_size
+    other = (
+        (num_parameters - counted)
+        if num_parameters
+        else geom.num_layers * 2 * geom.hidden_size + geom.hidden_size
+    )
     by_kind["other"] = max(0, other) * dtype_bytes
     return WeightEstimate(sum(by_kind.values()), by_kind)
 
@@ -283,7 +298,11 @@ def artifact_footprints(folder: str | Path) -> list[tuple[Any, Footprint]]:
     found = []
     for art_file in sorted(folder.glob(f"*/{ARTIFACT_FILE}")):
         artifact = Artifact.read(art_file.parent)
-        runtime = artifact.runtime if artifact.runtime in RUNTIMES else TARGET_RUNTIME.get(artifact.target, "executorch")
+        runtime = (
+            artifact.runtime
+            if artifact.runtime in RUNTIMES
+            else TARGET_RUNTIME.get(artifact.target, "executorch")
+        )
         weights = sum(_size(folder / f) for f in artifact.files if not f.endswith(NOT_WEIGHTS))
         details = artifact.details or {}
         kv_dtype = details.get("kv_cache_dtype")

@@ -12,9 +12,10 @@ cloud-only with the reason. Memory comes from ``edgepack.memory`` (formula in it
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edgepack.devices import GIB, Device, load_devices
 from edgepack.errors import ConfigError
@@ -82,7 +83,9 @@ def plan(
     targets = list(targets or DEFAULT_TARGETS)
     unknown = [t for t in targets if t not in DEVICE_RUNTIME]
     if unknown:
-        raise ConfigError("--targets", [f"unknown target {t!r}; known: {', '.join(DEVICE_RUNTIME)}" for t in unknown])
+        raise ConfigError(
+            "--targets", [f"unknown target {t!r}; known: {', '.join(DEVICE_RUNTIME)}" for t in unknown]
+        )
     candidates = [
         Candidate(r.name, t, fp, fp.geometry.context_length)
         for r in recipes
@@ -93,11 +96,15 @@ def plan(
 
 
 def plan_export(
-    folder: str | Path, devices: str | Sequence[str | Device] | None = "all", *, min_context: int = MIN_CONTEXT
+    folder: str | Path,
+    devices: str | Sequence[str | Device] | None = "all",
+    *,
+    min_context: int = MIN_CONTEXT,
 ) -> list[DevicePlan]:
     """Plan the artifacts of an export folder: their real sizes, their recipe, up to their max_seq_len."""
     candidates = [
-        Candidate(art.recipe, art.target, fp, art.max_seq_len, art.path) for art, fp in artifact_footprints(folder)
+        Candidate(art.recipe, art.target, fp, art.max_seq_len, art.path)
+        for art, fp in artifact_footprints(folder)
     ]
     return [choose(device, candidates, min_context) for device in _devices(devices)]
 
@@ -158,7 +165,9 @@ def _too_big(device: Device, usable: list[Candidate], min_context: int, extended
 
 def _no_runtime(device: Device, candidates: list[Candidate]) -> DevicePlan:
     targets = ", ".join(dict.fromkeys(c.target for c in candidates)) or "none"
-    coreml = "; Core ML needs iOS 18" if device.os.name == "ios" and not device.os.at_least(COREML_MIN_IOS) else ""
+    coreml = (
+        "; Core ML needs iOS 18" if device.os.name == "ios" and not device.os.at_least(COREML_MIN_IOS) else ""
+    )
     reason = (
         f"cloud only: no candidate target ({targets}) runs on {device.display_name} "
         f"(runtimes: {', '.join(device.runtimes)}; {device.os.name} {device.os.min_version}+{coreml})"
@@ -192,7 +201,9 @@ def _devices(devices: str | Sequence[str | Device] | None) -> list[Device]:
 def _model_config(model: Any, num_parameters: int | None) -> tuple[dict, int | None]:
     if isinstance(model, dict):
         return model, num_parameters
-    if isinstance(model, (str, Path)) and Path(model).suffix == ".json":  # a bare config.json: no weights here
+    if (
+        isinstance(model, (str, Path)) and Path(model).suffix == ".json"
+    ):  # a bare config.json: no weights here
         return json.loads(Path(model).read_text()), num_parameters
     if isinstance(model, (str, Path)):
         from edgepack.checkpoint import resolve

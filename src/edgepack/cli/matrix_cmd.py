@@ -9,10 +9,20 @@ from edgepack.cli._common import Progress, handle_errors, print_json, quiet_libr
 
 @click.command()
 @click.argument("config", type=click.Path())
-@click.option("--workers", type=click.IntRange(min=1), help="Worker processes [default: the config's workers].")
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Worker processes [default: the config's workers]."
+)
 @click.option("--shard", metavar="I/N", help="Run only shard I of N (1-based), e.g. 2/4.")
-@click.option("--cell", "cells", multiple=True, metavar="ID", help="Run only this cell (model/recipe/target); repeatable.")
-@click.option("--emit-ci", type=click.Choice(["github"]), help="Print a CI job matrix (JSON) instead of running.")
+@click.option(
+    "--cell",
+    "cells",
+    multiple=True,
+    metavar="ID",
+    help="Run only this cell (model/recipe/target); repeatable.",
+)
+@click.option(
+    "--emit-ci", type=click.Choice(["github"]), help="Print a CI job matrix (JSON) instead of running."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @handle_errors

@@ -13,13 +13,26 @@ def _csv(value: str | None) -> list[str] | None:
 
 @click.command()
 @click.argument("model")
-@click.option("--devices", default="all", show_default=True, help="'all', or comma-separated profile names/paths.")
-@click.option("--recipes", help="Comma-separated recipes, preferred first [default: int8-weight,int4-block32,int4-block128].")
+@click.option(
+    "--devices", default="all", show_default=True, help="'all', or comma-separated profile names/paths."
+)
+@click.option(
+    "--recipes",
+    help="Comma-separated recipes, preferred first [default: int8-weight,int4-block32,int4-block128].",
+)
 @click.option("--targets", help="Comma-separated targets to consider [default: coreml,executorch,onnx].")
-@click.option("--min-context", type=click.IntRange(min=1), default=2048, show_default=True,
-              help="A candidate must fit at least this many tokens (or the model's whole context).")
-@click.option("--num-parameters", type=click.IntRange(min=1),
-              help="Parameter count, when MODEL is a bare config.json (no weights to count).")
+@click.option(
+    "--min-context",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="A candidate must fit at least this many tokens (or the model's whole context).",
+)
+@click.option(
+    "--num-parameters",
+    type=click.IntRange(min=1),
+    help="Parameter count, when MODEL is a bare config.json (no weights to count).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plans as JSON.")
 @handle_errors
 def plan(model, devices, recipes, targets, min_context, num_parameters, as_json):
@@ -35,8 +48,14 @@ def plan(model, devices, recipes, targets, min_context, num_parameters, as_json)
     if (Path(model) / "export.json").is_file():
         plans = planning.plan_export(model, devices, min_context=min_context)
     else:
-        plans = planning.plan(model, devices, _csv(recipes), targets=_csv(targets),
-                              num_parameters=num_parameters, min_context=min_context)
+        plans = planning.plan(
+            model,
+            devices,
+            _csv(recipes),
+            targets=_csv(targets),
+            num_parameters=num_parameters,
+            min_context=min_context,
+        )
     if as_json:
         print_json([p.as_dict() for p in plans])
         return
