@@ -166,10 +166,13 @@ def patch_coremltools() -> None:
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch import ops
     from coremltools.converters.mil.mil.passes import pass_pipeline
+    from coremltools.optimize.coreml import _post_training_quantization, _quantization_passes
 
     logging.getLogger("coremltools").setLevel(logging.ERROR)
-    ops._tqdm = functools.partial(tqdm, disable=True)
-    pass_pipeline.tqdm = functools.partial(tqdm, disable=True)
+    quiet = functools.partial(tqdm, disable=True)
+    ops._tqdm = quiet
+    for module in (pass_pipeline, _post_training_quantization, _quantization_passes):
+        module.tqdm = quiet
 
     original = ops._cast
 
