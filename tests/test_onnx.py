@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.errors import ParityError
+from edgepack.errors import ArtifactError
 from edgepack.exporters import Artifact, ExportRequest, get_exporter
 from edgepack.recipes import load_recipe
 
@@ -192,12 +192,20 @@ def test_unhonoured_names_what_onnxruntime_does_instead():
     from edgepack.recipes import Recipe
 
     exporter = get_exporter("onnx")
-    assert exporter.unhonoured(load_recipe("fp32")) == exporter.unhonoured(load_recipe("int8-weight")) == []
+    assert exporter.unhonoured(load_recipe("fp32")) == exporter.unhonoured(load_recipe("fp16")) == []
+    per_channel = (
+        "{}: per-channel int8 is stored in blocks of 256 along the input dim where that dim exceeds 256 "
+        "(MatMulNBits' largest block); finer, so no less accurate"
+    )
+    assert exporter.unhonoured(load_recipe("int8-weight")) == [per_channel.format("lm_head"),
+                                                               per_channel.format("rule '*'")]
     assert exporter.unhonoured(load_recipe("int4-block32")) == [
+        per_channel.format("lm_head"),
         "rule '*': int8 dynamic activations are quantized per block of 32 inside MatMulNBits "
-        "(accuracy_level=4), not per token"
+        "(accuracy_level=4), not per token",
     ]
-    palette = Recipe(name="p", rules=[{"match": "*.mlp.*", "weights": {"bits": 4, "format": "palette"}}])
+    palette = Recipe(name="p", rules=[{"match": "*.mlp.*", "weights": {"bits": 4, "format": "palette",
+                                                                       "group_size": 32}}])
     assert exporter.unhonoured(palette) == [
         "rule '*.mlp.*': palettized weights have no onnxruntime operator; stored as linear int4"
     ]
@@ -207,8 +215,9 @@ def test_runner_on_a_missing_model_names_the_file(exports, tmp_path):
     from edgepack.parity import open_runner
 
     _, artifact, _ = exports("llama")
-    with pytest.raises(ParityError, match=r"onnxruntime cannot load .*onnx/model.onnx"):
+    with pytest.raises(ArtifactError, match=r"onnxruntime cannot load .*onnx/model.onnx") as error:
         open_runner(tmp_path, artifact)
+    assert error.value.exit_code == 2
 
 
 @pytest.mark.slow
