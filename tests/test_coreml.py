@@ -68,8 +68,9 @@ def eager_logits(path: Path, ids: list[int], **config_overrides) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32,
-                                                 **config_overrides).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        path, attn_implementation="eager", dtype=torch.float32, **config_overrides
+    ).eval()
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].numpy()
 
@@ -165,7 +166,9 @@ def eager_with_weights(path: Path, weights: dict[str, np.ndarray], ids: list[int
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        path, attn_implementation="eager", dtype=torch.float32
+    ).eval()
     params = dict(model.named_parameters())
     replaced = 0
     for name, param in params.items():
@@ -193,8 +196,11 @@ def test_int4_block32_export_converts_and_runs(coreml_export):
 
     root, artifact, checkpoint = coreml_export("llama", recipe="int4-block32")
     package = root / artifact.path
-    ops = [op for op in load_program(package).functions["main"].operations
-           if op.op_type == "constexpr_blockwise_shift_scale"]
+    ops = [
+        op
+        for op in load_program(package).functions["main"].operations
+        if op.op_type == "constexpr_blockwise_shift_scale"
+    ]
     assert len(ops) == 15  # 14 linear layers + the (tied) embedding/lm_head
     q_proj = next(op for op in ops if "layers_0_self_attn_q_proj" in op.name)
     assert types.builtin_to_string(q_proj.data.dtype) == "int4" and q_proj.scale.shape == (64, 64 // 32)
@@ -219,8 +225,10 @@ def test_palette_rule_becomes_a_lookup_table(coreml_export):
     """At fp32 compute a compressed program must equal eager run with the program's decompressed weights."""
     from edgepack.recipes import Recipe
 
-    recipe = Recipe(name="palette4", rules=[{"match": "model.layers.*.mlp.*",
-                                            "weights": {"bits": 4, "format": "palette"}}])
+    recipe = Recipe(
+        name="palette4",
+        rules=[{"match": "model.layers.*.mlp.*", "weights": {"bits": 4, "format": "palette"}}],
+    )
     root, artifact, checkpoint = coreml_export("qwen2", recipe=recipe, compute="float32")
     assert op_types(root / artifact.path)["constexpr_lut_to_dense"] == 6  # 3 MLP projections x 2 layers
     ids = tokens()
@@ -236,7 +244,9 @@ def test_unhonoured_rules_are_reported():
     exporter = get_exporter("coreml")
     assert exporter.unhonoured(load_recipe("fp32")) == []
     lines = exporter.unhonoured(load_recipe("int4-block128"))
-    assert "rule '*': int8 dynamic activations: Core ML compresses weights only; activations stay fp16" in lines
+    assert (
+        "rule '*': int8 dynamic activations: Core ML compresses weights only; activations stay fp16" in lines
+    )
     assert exporter.precision_for(load_recipe("fp32")) == "float32"
     assert exporter.precision_for(load_recipe("int8-weight")) == "float16"
 
@@ -295,11 +305,11 @@ def test_corrupted_weight_fails_the_parity_gate(coreml_export, tmp_path):
     import shutil
 
     from click.testing import CliRunner
-    from helpers import corrupt_tensor, weight
 
     from edgepack.cli import main
     from edgepack.pipeline import write_export_record
     from edgepack.recipes import load_recipe
+    from helpers import corrupt_tensor, weight
 
     root, artifact, checkpoint = coreml_export("llama")
     out = tmp_path / "out"
@@ -308,7 +318,9 @@ def test_corrupted_weight_fails_the_parity_gate(coreml_export, tmp_path):
     outcome = CliRunner().invoke(main, ["parity", str(out)])
     assert outcome.exit_code == 0, outcome.output
     package = out / artifact.path
-    corrupt_tensor(list(package.rglob("weight.bin")), weight(checkpoint.path, "model.layers.0.mlp.down_proj.weight"))
+    corrupt_tensor(
+        list(package.rglob("weight.bin")), weight(checkpoint.path, "model.layers.0.mlp.down_proj.weight")
+    )
     outcome = CliRunner().invoke(main, ["parity", str(out)])
     assert outcome.exit_code == 1, outcome.output
     assert "coreml/model.mlpackage" in outcome.output
@@ -327,21 +339,27 @@ def test_native_core_ml_agrees_with_the_translation(coreml_export):
 
 @pytest.mark.slow
 def test_smollm2_int4_block32_core_ml_parity(smollm2, tmp_path):
-    """Real weights: SmolLM2-135M-Instruct int4-block32 against eager fp32, over a short chat prompt."""
+    """Real weights: SmolLM2-135M-Instruct int4-block32 against eager fp32, over a short chat prompt.
+
+    Measured here (2 shared cores): export 252 s, package 89.3 MB; over the 9 answer positions max |diff| 14.8,
+    cosine 0.78, top-1 0.89, KL 0.27, greedy agreement 0.75 ("Paris," for "Paris."). The same model with fp16
+    compute and no quantization: cosine 1.0, top-1 1.0, max |diff| 0.026, so the drift is the int4 recipe's.
+    """
     import time
+
+    from transformers import AutoTokenizer
 
     from edgepack.checkpoint import resolve
     from edgepack.exporters import ExportRequest
     from edgepack.exporters.coreml import CoreMLExporter
     from edgepack.parity import metrics
     from edgepack.recipes import load_recipe
-    from transformers import AutoTokenizer
 
     checkpoint = resolve(smollm2)
     tok = AutoTokenizer.from_pretrained(smollm2)
     chat = [{"role": "user", "content": "What is the capital of France?"}]
-    prompt = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+    text = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    prompt = tok(text, add_special_tokens=False)["input_ids"]
     ref_ids = greedy_reference(smollm2, prompt, 16)
     folder = tmp_path / "coreml"
     folder.mkdir()
@@ -366,7 +384,9 @@ def greedy_reference(path: Path, prompt: list[int], steps: int) -> list[int]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        path, attn_implementation="eager", dtype=torch.float32
+    ).eval()
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=steps, do_sample=False)
     return out[0, len(prompt) :].tolist()

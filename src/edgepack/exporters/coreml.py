@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from edgepack.errors import ExportError
-from edgepack.exporters import Artifact, EXPORTERS, ExportRequest
+from edgepack.exporters import EXPORTERS, Artifact, ExportRequest
 
 PACKAGE = "model.mlpackage"
 MIN_RUNTIME = "iOS 18 / macOS 15"
@@ -47,13 +47,19 @@ class CoreMLExporter:
         compute = self.precision_for(recipe)
         lines = []
         if recipe.dtype == "float32" and compute == "float16":
-            lines.append("dtype float32: Core ML computes this export in fp16 (the Neural Engine has no fp32)")
+            lines.append(
+                "dtype float32: Core ML computes this export in fp16 (the Neural Engine has no fp32)"
+            )
         for where, quant in recipe_settings(recipe):
             if quant.activations == "int8_dynamic":
-                lines.append(f"{where}: int8 dynamic activations: Core ML compresses weights only; "
-                             f"activations stay {compute_name(compute)}")
+                lines.append(
+                    f"{where}: int8 dynamic activations: Core ML compresses weights only; "
+                    f"activations stay {compute_name(compute)}"
+                )
             if quant.is_float and quant.bits == 32 and compute == "float16":
-                lines.append(f"{where}: fp32 weights are stored fp16 (Core ML keeps float weights at compute precision)")
+                lines.append(
+                    f"{where}: fp32 weights are stored fp16 (Core ML keeps float weights at compute precision)"
+                )
         return lines
 
     def export(self, model, request: ExportRequest) -> Artifact:
@@ -61,7 +67,9 @@ class CoreMLExporter:
         out = Path(request.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         recipe, compute = request.recipe, self.precision_for(request.recipe)
-        request.progress(f"coreml: converting ({compute_name(compute)} compute, {request.max_seq_len} tokens)")
+        request.progress(
+            f"coreml: converting ({compute_name(compute)} compute, {request.max_seq_len} tokens)"
+        )
         mlmodel, layout = convert(model, request.max_seq_len, compute)
         request.progress(f"coreml: compressing weights per recipe {recipe.name}")
         mlmodel = compress(mlmodel, recipe, module_names(model))
@@ -104,9 +112,9 @@ def recipe_settings(recipe):
 
 def convert(model, max_seq_len: int, compute: str):
     """The ML program (uncompressed) and the facts a runner needs about its inputs and states."""
+    import coremltools as ct
     import numpy as np
     import torch
-    import coremltools as ct
 
     from edgepack.exporters.coreml_model import StatefulCausalLM
 
@@ -123,17 +131,21 @@ def convert(model, max_seq_len: int, compute: str):
     try:
         mlmodel = ct.convert(
             traced,
-            inputs=[ct.TensorType(INPUTS[0], shape=(1, q), dtype=np.int32),
-                    ct.TensorType(INPUTS[1], shape=(1, 1, q, end), dtype=mask_dtype)],
+            inputs=[
+                ct.TensorType(INPUTS[0], shape=(1, q), dtype=np.int32),
+                ct.TensorType(INPUTS[1], shape=(1, 1, q, end), dtype=mask_dtype),
+            ],
             outputs=[ct.TensorType("logits", dtype=mask_dtype)],
-            states=[ct.StateType(wrapped_type=ct.TensorType(shape=state_shape, dtype=np.float16), name=n)
-                    for n in STATES],
+            states=[
+                ct.StateType(wrapped_type=ct.TensorType(shape=state_shape, dtype=np.float16), name=n)
+                for n in STATES
+            ],
             minimum_deployment_target=ct.target.iOS18,
             compute_precision=ct.precision.FLOAT16 if compute == "float16" else ct.precision.FLOAT32,
             convert_to="mlprogram",
             skip_model_load=True,
         )
-    except Exception as exc:  # noqa: BLE001 - coremltools raises bare exceptions of many kinds
+    except Exception as exc:
         raise ExportError(f"Core ML conversion failed: {type(exc).__name__}: {exc}") from exc
     finally:
         del traced
@@ -162,11 +174,11 @@ def patch_coremltools() -> None:
     import logging
 
     import numpy as np
-    from tqdm import tqdm
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch import ops
     from coremltools.converters.mil.mil.passes import pass_pipeline
     from coremltools.optimize.coreml import _post_training_quantization, _quantization_passes
+    from tqdm import tqdm
 
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     quiet = functools.partial(tqdm, disable=True)
@@ -224,14 +236,22 @@ def op_config(quant):
 
     if quant.format == "palette":
         if quant.group_size:
-            return cto.OpPalettizerConfig(nbits=quant.bits, mode="kmeans", granularity="per_grouped_channel",
-                                          group_size=quant.group_size, weight_threshold=0)
-        return cto.OpPalettizerConfig(nbits=quant.bits, mode="kmeans", granularity="per_tensor", weight_threshold=0)
+            return cto.OpPalettizerConfig(
+                nbits=quant.bits,
+                mode="kmeans",
+                granularity="per_grouped_channel",
+                group_size=quant.group_size,
+                weight_threshold=0,
+            )
+        return cto.OpPalettizerConfig(
+            nbits=quant.bits, mode="kmeans", granularity="per_tensor", weight_threshold=0
+        )
     mode = "linear_symmetric" if quant.symmetric else "linear"
     dtype = "int4" if quant.bits == 4 else "int8"
     if quant.group_size:
-        return cto.OpLinearQuantizerConfig(mode=mode, dtype=dtype, granularity="per_block",
-                                           block_size=quant.group_size, weight_threshold=0)
+        return cto.OpLinearQuantizerConfig(
+            mode=mode, dtype=dtype, granularity="per_block", block_size=quant.group_size, weight_threshold=0
+        )
     return cto.OpLinearQuantizerConfig(mode=mode, dtype=dtype, granularity="per_channel", weight_threshold=0)
 
 
@@ -246,27 +266,33 @@ def add_metadata(mlmodel, request: ExportRequest, compute: str, layout: dict) ->
     config = checkpoint.config_dict
     mlmodel.author = "edgepack"
     mlmodel.version = edgepack.__version__
-    mlmodel.short_description = f"{checkpoint.model_id} ({recipe.name}), stateful KV cache, {request.max_seq_len} tokens"
-    mlmodel.input_description["inputIds"] = "token ids of this chunk, [1, query_length] (prefill chunk or 1 token)"
+    mlmodel.short_description = (
+        f"{checkpoint.model_id} ({recipe.name}), stateful KV cache, {request.max_seq_len} tokens"
+    )
+    mlmodel.input_description["inputIds"] = (
+        "token ids of this chunk, [1, query_length] (prefill chunk or 1 token)"
+    )
     mlmodel.input_description["causalMask"] = (
         "additive mask [1, 1, query_length, end_step]: 0 where a query may attend, -inf (or -65504) elsewhere; "
         "the chunk starts at end_step - query_length"
     )
     mlmodel.output_description["logits"] = "next-token logits [1, query_length, vocab]"
     meta = mlmodel.user_defined_metadata
-    meta.update({
-        "co.huggingface.exporters.name": checkpoint.model_id,
-        "co.huggingface.exporters.task": "text-generation",
-        "co.huggingface.exporters.architecture": ",".join(config.get("architectures") or []),
-        "co.huggingface.exporters.framework": "pytorch",
-        "co.huggingface.exporters.precision": compute,
-        "edgepack.version": edgepack.__version__,
-        "edgepack.recipe": recipe.name,
-        "edgepack.recipe_digest": recipe.digest(),
-        "edgepack.context_length": str(request.max_seq_len),
-        "edgepack.model_context_length": str(checkpoint.context_length),
-        "edgepack.tokenizer_files": json.dumps([f"tokenizer/{n}" for n in checkpoint.tokenizer_files]),
-        "edgepack.eos_token_id": json.dumps(config.get("eos_token_id")),
-        "edgepack.bos_token_id": json.dumps(config.get("bos_token_id")),
-        "edgepack.cache_layout": layout["cache_layout"],
-    })
+    meta.update(
+        {
+            "co.huggingface.exporters.name": checkpoint.model_id,
+            "co.huggingface.exporters.task": "text-generation",
+            "co.huggingface.exporters.architecture": ",".join(config.get("architectures") or []),
+            "co.huggingface.exporters.framework": "pytorch",
+            "co.huggingface.exporters.precision": compute,
+            "edgepack.version": edgepack.__version__,
+            "edgepack.recipe": recipe.name,
+            "edgepack.recipe_digest": recipe.digest(),
+            "edgepack.context_length": str(request.max_seq_len),
+            "edgepack.model_context_length": str(checkpoint.context_length),
+            "edgepack.tokenizer_files": json.dumps([f"tokenizer/{n}" for n in checkpoint.tokenizer_files]),
+            "edgepack.eos_token_id": json.dumps(config.get("eos_token_id")),
+            "edgepack.bos_token_id": json.dumps(config.get("bos_token_id")),
+            "edgepack.cache_layout": layout["cache_layout"],
+        }
+    )

@@ -48,11 +48,12 @@ class StatefulCausalLM(nn.Module):
         self.register_buffer("keyCache", torch.zeros(shape, dtype=torch.float16))
         self.register_buffer("valueCache", torch.zeros(shape, dtype=torch.float16))
         tables, self.layer_rope = rope_tables(hf_model, self.cache_len)
+        self.rotary_dim = next(iter(tables.values()))[0].shape[-1]  # < head_dim: partial rotary (Phi-3)
         for kind, (cos, sin) in tables.items():
             self.register_buffer(f"rope_cos_{kind}", cos, persistent=False)
             self.register_buffer(f"rope_sin_{kind}", sin, persistent=False)
 
-    def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:  # noqa: N803
+    def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:
         q_len, end = inputIds.shape[-1], causalMask.shape[-1]
         start = end - q_len
         hidden = self.model.embed_tokens(inputIds)
@@ -63,7 +64,10 @@ class StatefulCausalLM(nn.Module):
                 window_masks[window] = causalMask + sliding_mask(start, end, window)
             mask = window_masks[window] if window else causalMask
             kind = self.layer_rope[i]
-            rope = (getattr(self, f"rope_cos_{kind}")[start:end], getattr(self, f"rope_sin_{kind}")[start:end])
+            rope = (
+                getattr(self, f"rope_cos_{kind}")[start:end],
+                getattr(self, f"rope_sin_{kind}")[start:end],
+            )
             hidden = self._layer(i, layer, hidden, rope, mask, start, end)
         logits = self.lm_head(self.model.norm(hidden))
         if self.final_softcap:
@@ -88,7 +92,7 @@ class StatefulCausalLM(nn.Module):
         v = v.view(1, q_len, kv, d).transpose(1, 2)
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope(q, *rope, self.rotary_dim, d), apply_rope(k, *rope, self.rotary_dim, d)
         keys = self._update(self.keyCache, i, k, start, end)
         values = self._update(self.valueCache, i, v, start, end)
         # Grouped-query attention without copying K/V: heads of one group share a batch slot.
@@ -127,13 +131,12 @@ def project_qkv(attn, x, q_size, kv_size):
 
 
 def rotate_half(x):
-    half = x.shape[-1] // 2
+    half = x.shape[-1] // 2  # static under tracing: head dims are fixed
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rope(x, cos, sin):
-    rot = cos.shape[-1]  # partial rotary (Phi-3 style) rotates the first ``rot`` dims only
-    if rot == x.shape[-1]:
+def apply_rope(x, cos, sin, rot: int, head_dim: int):
+    if rot == head_dim:
         return x * cos + rotate_half(x) * sin
     x_rot, x_pass = x[..., :rot], x[..., rot:]
     return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
@@ -143,8 +146,8 @@ def sliding_mask(start, end, window: int):
     """Additive [q, end] mask hiding keys at or before ``query - window`` (transformers' convention)."""
     q_pos = torch.arange(start, end, dtype=torch.int32).unsqueeze(-1)
     k_pos = torch.arange(0, end, dtype=torch.int32).unsqueeze(0)
-    too_old = k_pos <= q_pos - window
-    return torch.where(too_old, torch.tensor(NEG), torch.tensor(0.0))
+    too_old = (k_pos <= q_pos - window).to(torch.float32)
+    return too_old * NEG
 
 
 def layer_windows(config) -> list[int | None]:

@@ -62,17 +62,11 @@ def translate(path: Path, *, float_type: str | None = None, function: str = "mai
 
 def translate_program(program, *, float_type=None, function="main", source="program") -> Translation:
     func = program.functions[function]
-    unknown = [op.op_type for op in _walk(func) if op.op_type not in _HANDLERS]
+    # Control flow (ops with nested blocks) is not translated: edgepack's exports emit none.
+    unknown = [op.op_type for op in func.operations if op.op_type not in _HANDLERS or op.blocks]
     if unknown:
         raise UntranslatedOpsError(source, unknown)
     return _Builder(func, float_type).build()
-
-
-def _walk(func):
-    for op in func.operations:
-        if op.blocks:  # control flow: not translated (edgepack's exports emit none)
-            yield type("Nested", (), {"op_type": f"{op.op_type} (nested block)"})()
-        yield op
 
 
 class _Builder:
@@ -201,8 +195,15 @@ def _const(b, op):
     pass  # materialised lazily by _Builder.value, only where a tensor is needed
 
 
-@handles("constexpr_blockwise_shift_scale", "constexpr_lut_to_dense", "constexpr_sparse_to_dense",
-         "constexpr_affine_dequantize", "constexpr_cast", "constexpr_lut_to_sparse", "constexpr_sparse_blockwise_shift_scale")
+@handles(
+    "constexpr_blockwise_shift_scale",
+    "constexpr_lut_to_dense",
+    "constexpr_sparse_to_dense",
+    "constexpr_affine_dequantize",
+    "constexpr_cast",
+    "constexpr_lut_to_sparse",
+    "constexpr_sparse_blockwise_shift_scale",
+)
 def _constexpr(b, op):
     values = op.materialized_val_inference()
     values = values if isinstance(values, tuple) else (values,)
@@ -224,10 +225,24 @@ def _update_state(b, op):
         _out(b, op, value)
 
 
-_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "real_div": "Div", "pow": "Pow", "maximum": "Max",
-           "minimum": "Min", "equal": "Equal", "less": "Less", "less_equal": "LessOrEqual", "greater": "Greater",
-           "greater_equal": "GreaterOrEqual", "logical_and": "And", "logical_or": "Or", "logical_xor": "Xor",
-           "mod": "Mod"}
+_BINARY = {
+    "add": "Add",
+    "sub": "Sub",
+    "mul": "Mul",
+    "real_div": "Div",
+    "pow": "Pow",
+    "maximum": "Max",
+    "minimum": "Min",
+    "equal": "Equal",
+    "less": "Less",
+    "less_equal": "LessOrEqual",
+    "greater": "Greater",
+    "greater_equal": "GreaterOrEqual",
+    "logical_and": "And",
+    "logical_or": "Or",
+    "logical_xor": "Xor",
+    "mod": "Mod",
+}
 
 
 @handles(*_BINARY)
@@ -250,9 +265,23 @@ def _floor_div(b, op):
         _out(b, op, b.one("Floor", [b.one("Div", [b.value(op.x), b.value(op.y)])]))
 
 
-_UNARY = {"sin": "Sin", "cos": "Cos", "tanh": "Tanh", "exp": "Exp", "sqrt": "Sqrt", "abs": "Abs",
-          "sigmoid": "Sigmoid", "relu": "Relu", "erf": "Erf", "floor": "Floor", "ceil": "Ceil", "sign": "Sign",
-          "logical_not": "Not", "identity": "Identity", "round": "Round"}
+_UNARY = {
+    "sin": "Sin",
+    "cos": "Cos",
+    "tanh": "Tanh",
+    "exp": "Exp",
+    "sqrt": "Sqrt",
+    "abs": "Abs",
+    "sigmoid": "Sigmoid",
+    "relu": "Relu",
+    "erf": "Erf",
+    "floor": "Floor",
+    "ceil": "Ceil",
+    "sign": "Sign",
+    "logical_not": "Not",
+    "identity": "Identity",
+    "round": "Round",
+}
 
 
 @handles(*_UNARY)
@@ -261,7 +290,9 @@ def _unary(b, op):
 
 
 def _plus_epsilon(b, op) -> str:
-    eps = b.const(_arg(op, "epsilon", 1e-12 if op.op_type == "rsqrt" else 1e-45), b.np_dtype(op.x.dtype), "eps")
+    eps = b.const(
+        _arg(op, "epsilon", 1e-12 if op.op_type == "rsqrt" else 1e-45), b.np_dtype(op.x.dtype), "eps"
+    )
     return b.one("Add", [b.value(op.x), eps])
 
 
@@ -355,8 +386,13 @@ def _softmax(b, op):
     _out(b, op, b.one("Softmax", [b.value(op.x)], axis=int(_arg(op, "axis", -1))))
 
 
-_REDUCE = {"reduce_mean": "ReduceMean", "reduce_sum": "ReduceSum", "reduce_max": "ReduceMax",
-           "reduce_min": "ReduceMin", "reduce_prod": "ReduceProd"}
+_REDUCE = {
+    "reduce_mean": "ReduceMean",
+    "reduce_sum": "ReduceSum",
+    "reduce_max": "ReduceMax",
+    "reduce_min": "ReduceMin",
+    "reduce_prod": "ReduceProd",
+}
 
 
 @handles(*_REDUCE)
@@ -480,7 +516,11 @@ def _slice_bounds(b, op, key, mask_key, default):
 @handles("slice_by_index")
 def _slice_by_index(b, op):
     rank = len(op.x.shape)
-    stride = np.asarray(_arg(op, "stride", np.ones(rank)), np.int64) if _arg(op, "stride") is not None else np.ones(rank, np.int64)
+    stride = (
+        np.asarray(_arg(op, "stride", np.ones(rank)), np.int64)
+        if _arg(op, "stride") is not None
+        else np.ones(rank, np.int64)
+    )
     neg = stride < 0
     begin = _slice_bounds(b, op, "begin", "begin_mask", np.where(neg, -1, 0))
     squeeze = _arg(op, "squeeze_mask")
@@ -488,7 +528,9 @@ def _slice_by_index(b, op):
     end_default = np.where(neg, np.iinfo(np.int64).min, _INT64_MAX)
     if squeeze.any():  # a pure index: end = begin + 1
         end = b.one("Add", [begin, b.i64(np.where(squeeze, 1, 0))])
-        end = b.one("Where", [b.const(squeeze, bool), end, _slice_bounds(b, op, "end", "end_mask", end_default)])
+        end = b.one(
+            "Where", [b.const(squeeze, bool), end, _slice_bounds(b, op, "end", "end_mask", end_default)]
+        )
     else:
         end = _slice_bounds(b, op, "end", "end_mask", end_default)
     y = b.one("Slice", [b.value(op.x), begin, end, b.i64(np.arange(rank)), b.i64(stride)])
@@ -506,7 +548,9 @@ def _slice_update(b, op):
     x = b.value(op.x)
     begin = _slice_bounds(b, op, "begin", "begin_mask", np.zeros(rank, np.int64))
     shape_x = b.one("Shape", [x])
-    begin = b.one("Where", [b.one("Less", [begin, b.i64(np.zeros(rank))]), b.one("Add", [begin, shape_x]), begin])
+    begin = b.one(
+        "Where", [b.one("Less", [begin, b.i64(np.zeros(rank))]), b.one("Add", [begin, shape_x]), begin]
+    )
     update = b.value(op.update)
     squeeze = _arg(op, "squeeze_mask")
     if squeeze is not None and np.any(squeeze):

@@ -8,12 +8,12 @@ translation), ``max_seq_len`` (defaults to the artifact's).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from edgepack.errors import ParityError
+from edgepack.errors import ArtifactError
 from edgepack.parity import RUNNERS
 
 MASKED = np.finfo(np.float16).min  # an additive mask value that stays finite in fp16
@@ -69,10 +69,12 @@ class NativeCoreMLRunner:
 
     def __init__(self, package: Path, max_seq_len: int):
         import coremltools as ct
+        from coremltools.proto.FeatureTypes_pb2 import ArrayFeatureType
 
         self.model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_AND_NE)
-        mask_type = self.model.get_spec().description.input[1].type.multiArrayType.dataType
-        self.mask_dtype = np.float16 if mask_type == ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT16 else np.float32
+        inputs = {i.name: i for i in self.model.get_spec().description.input}
+        fp16 = inputs["causalMask"].type.multiArrayType.dataType == ArrayFeatureType.FLOAT16
+        self.mask_dtype = np.float16 if fp16 else np.float32
         self.max_seq_len = max_seq_len
         self.reset()
 
@@ -94,7 +96,7 @@ class NativeCoreMLRunner:
 def _check_room(runner, tokens) -> int:
     count = len(tokens)
     if count == 0 or runner.position + count > runner.max_seq_len:
-        raise ParityError(
+        raise ArtifactError(
             f"Core ML runner: {runner.position} + {count} tokens do not fit the export's "
             f"{runner.max_seq_len}-token context; export with a larger --max-seq-len."
         )
@@ -106,12 +108,18 @@ def _np_type(onnx_type: str):
 
 
 @RUNNERS.register("coreml")
-def open_coreml(export_root: Path, artifact, *, fp16: bool | None = None, native: bool = False,
-                max_seq_len: int | None = None):
+def open_coreml(
+    export_root: Path,
+    artifact,
+    *,
+    fp16: bool | None = None,
+    native: bool = False,
+    max_seq_len: int | None = None,
+):
     package = Path(export_root) / artifact.path
     length = max_seq_len or artifact.max_seq_len
     if native:
         if sys.platform != "darwin":
-            raise ParityError("native=True needs macOS: Core ML predicts only on Apple platforms.")
+            raise ArtifactError("native=True needs macOS: Core ML predicts only on Apple platforms.")
         return NativeCoreMLRunner(package, length)
     return TranslatedCoreMLRunner(package, length, fp16=fp16)
