@@ -113,8 +113,10 @@ def test_graph_interface_is_the_genai_layout(exports):
 
     _, artifact, root = exports("llama")
     graph = onnx.load(root / artifact.path).graph
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in
-            [*graph.input, *graph.output]}
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.input, *graph.output]
+    }
     assert list(dims)[:3] == ["input_ids", "attention_mask", "position_ids"]
     assert dims["input_ids"] == ["batch_size", "sequence_length"]
     assert dims["attention_mask"] == ["batch_size", "total_sequence_length"]
@@ -134,7 +136,10 @@ def test_genai_config_describes_the_model(exports):
     assert (model["bos_token_id"], model["eos_token_id"], model["pad_token_id"]) == (1, 2, 0)
     assert model["context_length"] == config["search"]["max_length"] == artifact.max_seq_len == 64
     assert (decoder["num_hidden_layers"], decoder["num_attention_heads"], decoder["num_key_value_heads"]) == (
-        hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads)
+        hf.num_hidden_layers,
+        hf.num_attention_heads,
+        hf.num_key_value_heads,
+    )
     assert (decoder["head_size"], decoder["hidden_size"]) == (hf.head_dim, hf.hidden_size) == (16, 64)
     assert decoder["filename"] == "model.onnx" and (folder / decoder["filename"]).is_file()
     assert decoder["inputs"]["past_key_names"] == "past_key_values.%d.key"
@@ -145,11 +150,40 @@ def test_genai_config_describes_the_model(exports):
         assert f"onnx/{name}" in artifact.files
 
 
+def test_onnxruntime_genai_decodes_like_eager_past_the_window(exports):
+    """genai runs the folder through its genai_config.json; greedy tokens match eager fp32 past the window."""
+    og = pytest.importorskip("onnxruntime_genai")
+    import torch
+
+    checkpoint, _, root = exports("mistral-sw8")
+    config = json.loads((root / "onnx" / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["sliding_window"]["window_size"] == 8
+    model = og.Model(str(root / "onnx"))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(PROMPT) + 12, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(PROMPT)
+    while not generator.is_done():
+        generator.generate_next_token()
+    got = [int(t) for t in generator.get_sequence(0)]
+    with torch.no_grad():
+        want = (
+            reference_model(checkpoint)
+            .generate(
+                torch.tensor([PROMPT]), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
+            )[0]
+            .tolist()
+        )
+    assert got == want
+
+
 @pytest.mark.parametrize(
     "recipe, bits, block, accuracy, max_diff, min_cosine",
     [("int4-block32", 4, 32, 4, 2.0, 0.8), ("int8-weight", 8, None, 0, 0.2, 0.995)],
 )
-def test_quantized_graph_runs_close_to_eager(exports, tmp_path, recipe, bits, block, accuracy, max_diff, min_cosine):
+def test_quantized_graph_runs_close_to_eager(
+    exports, tmp_path, recipe, bits, block, accuracy, max_diff, min_cosine
+):
     """Random weights (int4 is judged on real ones in the slow tier); the bounds are loose, the layout exact."""
     import onnx
 
@@ -163,7 +197,7 @@ def test_quantized_graph_runs_close_to_eager(exports, tmp_path, recipe, bits, bl
     attrs = [{a.name: a.i for a in n.attribute} for n in nbits]
     linear = [a for n, a in zip(nbits, attrs) if module_of(n) != "lm_head"]
     assert {a["bits"] for a in linear} == {bits}
-    assert {a["accuracy_level"] if "accuracy_level" in a else 0 for a in linear} == {accuracy}
+    assert {a.get("accuracy_level", 0) for a in linear} == {accuracy}
     assert {a["block_size"] for a in linear} == ({block} if block else {64, 128})  # per channel: all of K
     lm_head = next(a for n, a in zip(nbits, attrs) if module_of(n) == "lm_head")
     assert lm_head["bits"] == 8 and lm_head["block_size"] == 64
@@ -197,15 +231,20 @@ def test_unhonoured_names_what_onnxruntime_does_instead():
         "{}: per-channel int8 is stored in blocks of 256 along the input dim where that dim exceeds 256 "
         "(MatMulNBits' largest block); finer, so no less accurate"
     )
-    assert exporter.unhonoured(load_recipe("int8-weight")) == [per_channel.format("lm_head"),
-                                                               per_channel.format("rule '*'")]
+    assert exporter.unhonoured(load_recipe("int8-weight")) == [
+        per_channel.format("lm_head"),
+        per_channel.format("rule '*'"),
+    ]
     assert exporter.unhonoured(load_recipe("int4-block32")) == [
         per_channel.format("lm_head"),
-        "rule '*': int8 dynamic activations are quantized per block of 32 inside MatMulNBits "
-        "(accuracy_level=4), not per token",
+        (
+            "rule '*': int8 dynamic activations are quantized per block of 32 inside MatMulNBits "
+            "(accuracy_level=4), not per token"
+        ),
     ]
-    palette = Recipe(name="p", rules=[{"match": "*.mlp.*", "weights": {"bits": 4, "format": "palette",
-                                                                       "group_size": 32}}])
+    palette = Recipe(
+        name="p", rules=[{"match": "*.mlp.*", "weights": {"bits": 4, "format": "palette", "group_size": 32}}]
+    )
     assert exporter.unhonoured(palette) == [
         "rule '*.mlp.*': palettized weights have no onnxruntime operator; stored as linear int4"
     ]

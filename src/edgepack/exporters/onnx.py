@@ -102,9 +102,13 @@ def _unhonoured_setting(where: str, quant, dtype: str) -> list[str]:
     lines = []
     kept = "fp16" if dtype == "float16" else "fp32"
     if quant.is_float and quant.bits != (16 if dtype == "float16" else 32):
-        lines.append(f"{where}: fp{quant.bits} weights inside a {dtype} recipe are kept {kept} (one dtype per graph)")
+        lines.append(
+            f"{where}: fp{quant.bits} weights inside a {dtype} recipe are kept {kept} (one dtype per graph)"
+        )
     if quant.format == "palette":
-        lines.append(f"{where}: palettized weights have no onnxruntime operator; stored as linear int{quant.bits}")
+        lines.append(
+            f"{where}: palettized weights have no onnxruntime operator; stored as linear int{quant.bits}"
+        )
     if not quant.is_float and quant.group_size is None and where != "embedding":
         lines.append(
             f"{where}: per-channel int{quant.bits} is stored in blocks of {MAX_MATMUL_BLOCK} along the input dim "
@@ -181,7 +185,7 @@ def export_graph(model, *, dtype: str = "float32"):
                 opset_version=OPSET,
                 do_constant_folding=True,
             )
-        except Exception as exc:  # noqa: BLE001 - the tracer raises many types; the message is what matters
+        except Exception as exc:  # the tracer raises many types; the message is what matters
             raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
         proto = onnx.load(str(_basic_optimizations(path)))
     return _share_tied_embedding(proto)
@@ -196,8 +200,12 @@ def _basic_optimizations(path: Path) -> Path:
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(optimized)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.data")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", "optimized.data"
+    )
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+    )
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return optimized
 
@@ -220,8 +228,9 @@ def _share_tied_embedding(proto):
         return proto
     transposed = f"{table.name}.T"
     index = list(proto.graph.node).index(head)
-    proto.graph.node.insert(index, helper.make_node("Transpose", [table.name], [transposed], "/m/lm_head/Transpose",
-                                                    perm=[1, 0]))
+    proto.graph.node.insert(
+        index, helper.make_node("Transpose", [table.name], [transposed], "/m/lm_head/Transpose", perm=[1, 0])
+    )
     head.input[1] = transposed
     if not any(weight.name in n.input for n in proto.graph.node):
         proto.graph.initializer.remove(weight)
@@ -266,7 +275,10 @@ def _example_inputs(config, dtype):
         torch.ones(batch, seq, dtype=torch.long),
         torch.ones(batch, past + seq, dtype=torch.long),
         torch.arange(past, past + seq).repeat(batch, 1),
-        tuple((torch.zeros(kv, dtype=dtype), torch.zeros(kv, dtype=dtype)) for _ in range(config.num_hidden_layers)),
+        tuple(
+            (torch.zeros(kv, dtype=dtype), torch.zeros(kv, dtype=dtype))
+            for _ in range(config.num_hidden_layers)
+        ),
     )
 
 
@@ -427,7 +439,7 @@ def _quantize_embedding(proto, node_name: str, quant):
     node = next(n for n in graph.node if n.name == node_name)
     init = next(i for i in graph.initializer if i.name == node.input[0])
     table = numpy_helper.to_array(init).astype(np.float32)
-    vocab, hidden = table.shape
+    hidden = table.shape[1]
     block = _block(NBits(quant.bits, quant.group_size, quant.symmetric, None), hidden, largest=1 << 16)
     data, scales, zeros = _block_quantize_rows(table, quant.bits, block, quant.symmetric)
     scales = scales.astype(numpy_helper.to_array(init).dtype)
@@ -509,7 +521,12 @@ def save_model(proto, out: Path) -> list[str]:
         onnx.save_model(proto, path)
         return [MODEL_FILE]
     onnx.save_model(
-        proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024
+        proto,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=DATA_FILE,
+        size_threshold=1024,
     )
     return [MODEL_FILE, DATA_FILE]
 
@@ -546,6 +563,15 @@ def genai_config(config, request: ExportRequest) -> dict:
         "num_hidden_layers": config.num_hidden_layers,
         "num_key_value_heads": config.num_key_value_heads,
     }
+    window = effective_window(config)
+    if window:
+        # Recorded for runtimes; the graph applies the window itself over the full cache, so genai neither
+        # slides the cache nor the inputs.
+        decoder["sliding_window"] = {
+            "window_size": window,
+            "slide_key_value_cache": False,
+            "slide_inputs": False,
+        }
     search = {
         "diversity_penalty": 0.0,
         "do_sample": bool(gen.get("do_sample", False)),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -26,7 +26,9 @@ class OnnxRunner:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ArtifactError(f"onnxruntime cannot load {path}: {exc}") from None
         self.max_seq_len = artifact.max_seq_len
-        self._past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self._past_names = [
+            i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")
+        ]
         self._present_names = [n.replace("past_key_values.", "present.") for n in self._past_names]
         d = artifact.details
         self._kv_shape = (1, d["num_kv_heads"], 0, d["head_dim"])
