@@ -11,17 +11,14 @@ from click.testing import CliRunner
 
 from edgepack.bench import Protocol, bench, format_table, prompt_ids
 from edgepack.cli import main
+from tiny_export import tiny_onnx_export
 
 SMALL = Protocol(prompt_tokens=12, decode_tokens=6, repeats=3, warmup=1, threads=1)
 
 
 @pytest.fixture(scope="module")
 def onnx_export(tiny_checkpoint, tmp_path_factory):
-    from edgepack.pipeline import export
-
-    out = tmp_path_factory.mktemp("bench") / "tiny-fp32"
-    export(tiny_checkpoint("llama"), out=out, recipe="fp32", targets=["onnx"], parity=False)
-    return out
+    return tiny_onnx_export(tmp_path_factory, tiny_checkpoint("llama"))
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +106,25 @@ def test_smollm2_int4_block32_on_both_runtimes(smollm2, tmp_path):
         assert m.peak_rss_bytes > m.baseline_rss_bytes
     # both runtimes run the same quantized model: they agree on the first greedy tokens
     assert by_name["edgepack executorch"].greedy[:4] == by_name["edgepack onnx"].greedy[:4]
+
+
+def test_an_anchor_that_cannot_be_installed_is_reported_unavailable(onnx_export, tmp_path):
+    """No build, no network: the venv's marker records why each anchor failed to install."""
+    from edgepack.anchors import GENAI_OVERLAY, MARKER, REQUIREMENTS, prepare_anchors
+
+    env = tmp_path / "venv"
+    env.mkdir()
+    failed = {"optimum-executorch": "could not install optimum-executorch: ResolutionImpossible",
+              "llama.cpp": "could not install llama.cpp: cmake failed"}  # fmt: skip
+    (env / MARKER).write_text(json.dumps({"requirements": REQUIREMENTS, "overlay": GENAI_OVERLAY, "failed": failed}))
+    anchors = prepare_anchors(onnx_export, env_dir=env, work_dir=tmp_path / "work", gguf=None)
+    by_name = {a.name: a for a in anchors}
+    assert by_name["optimum-executorch"].unavailable == failed["optimum-executorch"]
+    assert by_name["llama.cpp"].unavailable == failed["llama.cpp"]
+    # installed but cannot build here (the venv has no python): a reason, not an exception
+    assert by_name["onnxruntime-genai"].unavailable.startswith("could not build the onnxruntime-genai ONNX folder")
+    result = bench(onnx_export, protocol=SMALL, anchors=[by_name["optimum-executorch"], by_name["llama.cpp"]])
+    table = format_table(result)
+    assert "unavailable: could not install optimum-executorch: ResolutionImpossible" in table
+    assert "unavailable: could not install llama.cpp: cmake failed" in table
+    assert result.results[0].ok  # edgepack's own artifact is still measured

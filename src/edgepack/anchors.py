@@ -21,24 +21,24 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 # torch is pinned on every pip command line: pip then takes the CPU wheel on this machine; any other version
 # pulls several GB of CUDA wheels. optimum-executorch 1.1.0 (the newest) requires executorch>=1.0 and no torch.
 TORCH = "torch==2.13.0"
-REQUIREMENTS = [
-    TORCH,
-    "executorch==1.5.1",
-    "torchao==0.18.0",
-    "optimum-executorch==1.1.0",
-    "onnxruntime==1.32.0",
-    "onnxruntime-genai==0.18.0",
-    "onnx",
-]
-LLAMA_CPP = "llama-cpp-python==0.3.36"  # built from source with cmake (several minutes on 2 cores)
-ANCHORS = ("optimum-executorch", "onnxruntime-genai", "llama.cpp")
+# anchor -> what it needs, installed one anchor at a time so that one failure leaves the others measurable.
+REQUIREMENTS = {
+    "optimum-executorch": ["executorch==1.5.1", "torchao==0.18.0", "optimum-executorch==1.1.0"],
+    "onnxruntime-genai": ["onnxruntime==1.32.0", "onnxruntime-genai==0.18.0", "onnx", "onnx-ir", "transformers"],
+    "llama.cpp": ["llama-cpp-python==0.3.36"],  # built from source with cmake (several minutes on 2 cores)
+}
+# onnxruntime-genai 0.18's builder imports models newer than the transformers optimum-executorch pins
+# (5.0.0rc1): the builder alone sees a newer transformers, from a folder put first on its PYTHONPATH.
+GENAI_OVERLAY = ("genai-overlay", "transformers==5.23.0")
+ANCHORS = tuple(REQUIREMENTS)
+MARKER = ".edgepack-anchors.json"  # in the venv: the requirements installed, and each anchor's failure
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Anchor:
 
     def measure(self, prompt: list[int], protocol):
         """The bench protocol in a fresh process of the anchors' venv (``edgepack.bench.run_isolated``)."""
-        from edgepack.bench import Measurement, run_isolated
+        from edgepack.bench import Measurement, model_bytes, run_isolated
 
         if self.unavailable:
             return Measurement(self.name, "", str(self.path or ""), 0, error=f"unavailable: {self.unavailable}")
@@ -77,10 +77,7 @@ def prepare_anchors(
     record = json.loads((Path(export_dir) / "export.json").read_text())
     model_dir = Path(record["checkpoint"]["source"])
     max_seq_len = int(record["max_seq_len"])
-    try:
-        python = ensure_env(Path(env_dir), progress)
-    except RuntimeError as exc:
-        return [Anchor(name, None, None, max_seq_len, str(exc)) for name in ANCHORS]
+    python, failed = ensure_env(Path(env_dir), progress)
     gguf = gguf or _known_gguf(record)
     builders = {
         "optimum-executorch": lambda: build_optimum_executorch(python, model_dir, work_dir, max_seq_len, progress),
@@ -89,6 +86,9 @@ def prepare_anchors(
     }
     anchors = []
     for name, build in builders.items():
+        if name in failed:
+            anchors.append(Anchor(name, None, python, max_seq_len, failed[name]))
+            continue
         try:
             anchors.append(Anchor(name, build(), python, max_seq_len))
         except RuntimeError as exc:
@@ -96,26 +96,34 @@ def prepare_anchors(
     return anchors
 
 
-def ensure_env(env_dir: Path, progress: Callable[[str], None] = lambda message: None) -> str:
-    """The anchors' venv interpreter, creating the venv and installing REQUIREMENTS (+ llama.cpp) once."""
+def ensure_env(env_dir: Path, progress: Callable[[str], None] = lambda message: None) -> tuple[str, dict[str, str]]:
+    """The anchors' venv interpreter and {anchor: why it could not be installed}; installs once per pin set."""
     python = env_dir / "bin" / "python"
-    done = env_dir / ".edgepack-anchors"
-    if done.is_file() and done.read_text() == _pins():
-        return str(python)
+    marker = env_dir / MARKER
+    if marker.is_file():
+        state = json.loads(marker.read_text())
+        if state["requirements"] == REQUIREMENTS and tuple(state.get("overlay", ())) == GENAI_OVERLAY:
+            return str(python), state["failed"]
     if not python.is_file():
         progress(f"anchors: creating the venv {env_dir}")
-        _run([sys.executable, "-m", "venv", str(env_dir)], "create the anchors' venv")
-    pip = [str(python), "-m", "pip", "install", "-q"]
-    progress("anchors: installing " + ", ".join(REQUIREMENTS[1:]))
-    _run(pip + REQUIREMENTS, "install the anchors' packages")
-    progress(f"anchors: building {LLAMA_CPP} from source (several minutes)")
+        try:
+            _run([sys.executable, "-m", "venv", str(env_dir)], "create the anchors' venv")
+        except RuntimeError as exc:
+            return str(python), {name: str(exc) for name in ANCHORS}
+    failed = {}
     env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", "-DGGML_NATIVE=ON")}
-    try:
-        _run(pip + [TORCH, LLAMA_CPP], "install llama-cpp-python", env=env)
-    except RuntimeError:
-        pass  # the llama.cpp anchor then reports itself unavailable (llama_cpp missing); the others still run
-    done.write_text(_pins())
-    return str(python)
+    for name, packages in REQUIREMENTS.items():
+        progress(f"anchors: installing {', '.join(packages)} into {env_dir}")
+        try:
+            _run([str(python), "-m", "pip", "install", "-q", TORCH, *packages], f"install {name}", env=env)
+            if name == "onnxruntime-genai":
+                overlay = ["--target", str(env_dir / GENAI_OVERLAY[0]), GENAI_OVERLAY[1]]  # with its deps, no torch
+                _run([str(python), "-m", "pip", "install", "-q", *overlay], "install the builder's transformers")
+        except RuntimeError as exc:
+            failed[name] = str(exc)
+    state = {"requirements": REQUIREMENTS, "overlay": GENAI_OVERLAY, "failed": failed}
+    marker.write_text(json.dumps(state, indent=2) + "\n")
+    return str(python), failed
 
 
 def build_optimum_executorch(python: str, model_dir: Path, work_dir: Path, max_seq_len: int, progress) -> Path:
@@ -143,14 +151,16 @@ def build_genai(python: str, model_dir: Path, work_dir: Path, progress) -> Path:
     cmd = [python, "-m", "onnxruntime_genai.models.builder", "-m", str(model_dir), "-o", str(out),
            "-p", "int4", "-e", "cpu", "-c", str(Path(work_dir) / ".genai-cache"),
            "--extra_options", "int4_block_size=32"]  # fmt: skip
-    _run(cmd, "build the onnxruntime-genai ONNX folder", env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    overlay = str(Path(python).parents[1] / GENAI_OVERLAY[0])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": overlay}
+    _run(cmd, "build the onnxruntime-genai ONNX folder", env=env)
     return out
 
 
 def _check_gguf(python: str, gguf: Path | None) -> Path:
     if gguf is None or not Path(gguf).is_file():
         raise RuntimeError("no GGUF of this model is known; pass --gguf FILE")
-    probe = subprocess.run([python, "-c", "import llama_cpp"], capture_output=True, text=True)
+    probe = subprocess.run([python, "-c", "import llama_cpp"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         raise RuntimeError(f"llama-cpp-python is not installed in the anchors' venv ({_last_line(probe.stderr)})")
     return Path(gguf)
@@ -162,22 +172,11 @@ def _known_gguf(record: dict) -> Path | None:
     return smollm2_gguf() if record["checkpoint"].get("model_id") == SMOLLM2_ID else None
 
 
-def model_bytes(path: Path | None) -> int:
-    """The model's files only (a folder's config and tokenizer files are not counted)."""
-    if path is None or not path.exists():
-        return 0
-    if path.is_file():
-        return path.stat().st_size
-    skip = (".json", ".jinja", ".txt", ".md", ".model")
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.endswith(skip))
-
-
-def _pins() -> str:
-    return "\n".join(REQUIREMENTS + [LLAMA_CPP]) + "\n"
-
-
 def _run(cmd: list[str], what: str, env: dict | None = None) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    except OSError as exc:  # e.g. the venv's interpreter is missing
+        raise RuntimeError(f"could not {what}: {exc}") from None
     if done.returncode != 0:
         raise RuntimeError(f"could not {what}: {_last_line(done.stderr or done.stdout)}")
 
@@ -211,7 +210,7 @@ def _pte_runner(path: Path, max_seq_len: int):
     # edgepack's own ExecuTorch runner: the same runtime calls, so only the program differs.
     from types import SimpleNamespace
 
-    import executorch.extension.llm.custom_ops  # noqa: F401 - registers custom_sdpa / update_cache
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 - registers custom_sdpa, update_cache
 
     from edgepack.parity.runners.executorch import ExecuTorchRunner
 

@@ -22,9 +22,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 SCHEMA_VERSION = 1
 # Modules a runtime loads before any artifact: imported before the baseline RSS is read.
@@ -79,7 +80,7 @@ class BenchReport:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "BenchReport":
+    def from_json(cls, data: dict) -> BenchReport:
         data = {k: v for k, v in data.items() if k != "schema_version"}
         data["results"] = [Measurement(**r) for r in data["results"]]
         return cls(**data)
@@ -133,7 +134,7 @@ def bench(
         say(f"bench[{artifact.target}]: {artifact.path}")
         spec = {"kind": "artifact", "export_dir": str(root.resolve()), "target": artifact.target}
         name = f"edgepack {artifact.target}"
-        results.append(run_isolated(name, spec, prompt, protocol, _artifact_bytes(root, artifact.files)))
+        results.append(run_isolated(name, spec, prompt, protocol, artifact_bytes(root, artifact.files)))
     for anchor in anchors:
         say(f"bench[anchor]: {anchor.name}")
         results.append(anchor.measure(prompt, protocol))
@@ -163,7 +164,7 @@ def run_isolated(
     cmd = [python or sys.executable, "-m", "edgepack.bench", "--one", payload]
     child_env = {**os.environ, **(env or {})}
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env, check=False)
     except subprocess.TimeoutExpired:
         return Measurement(name, "", spec.get("path", ""), size, error=f"timed out after {timeout:.0f} s")
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -304,15 +305,21 @@ def _rss(field_name: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _artifact_bytes(root: Path, files: Sequence[str]) -> int:
-    total = 0
-    for name in files:
-        path = root / name
-        if path.is_dir():
-            total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        elif path.is_file():
-            total += path.stat().st_size
-    return total
+NOT_MODEL = (".json", ".jinja", ".txt", ".md", ".model")  # config and tokenizer files beside a model
+
+
+def model_bytes(path: Path | None) -> int:
+    """A model file's size, or a folder's model files (its config and tokenizer files are not counted)."""
+    if path is None or not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.name.endswith(NOT_MODEL))
+
+
+def artifact_bytes(root: Path, files: Sequence[str]) -> int:
+    """An artifact's model files (weights and graph), as listed in its artifact.json."""
+    return sum(model_bytes(root / name) for name in files if not name.endswith(NOT_MODEL))
 
 
 def _machine() -> dict:
@@ -352,7 +359,7 @@ def format_table(report: BenchReport) -> str:
     )
     cols = ("artifact", "runtime", "MB", "TTFT ms", "prefill tok/s", "decode tok/s", "peak RSS MB", "load s")
     rows = [cols] + [_row(m) for m in report.results]
-    widths = [max(len(r[i]) for r in rows if len(r) > i) for i in range(len(cols))]
+    widths = [max(len(r[i]) for r in rows if len(r) == len(cols)) for i in range(len(cols))]
     lines = [head, ""]
     for row in rows:
         if len(row) == 2:  # an error row: name, then the reason across the figure columns
@@ -361,8 +368,9 @@ def format_table(report: BenchReport) -> str:
             lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
     notes = [f"{m.name}: {m.note}" for m in report.results if m.note]
     load = report.machine.get("load_average_before"), report.machine.get("load_average_after")
-    lines += [""] + notes + [f"machine: {report.machine['processor']}, {report.machine['cpus']} cpus; "
-                             f"load average (1/5/15 min) before {load[0]}, after {load[1]}"]  # fmt: skip
+    machine = f"machine: {report.machine['processor']}, {report.machine['cpus']} cpus; "
+    machine += f"load average (1/5/15 min) before {load[0]}, after {load[1]}"
+    lines += ["", *notes, machine]
     return "\n".join(lines)
 
 

@@ -58,11 +58,8 @@ def build_report(folder: Path, *, bench_file: str | Path | None = None) -> Repor
     first = records[exports[0]]
     models = sorted({r["checkpoint"]["model_id"] for r in records.values()})
     recipes = sorted({r["recipe"]["name"] for r in records.values()})
-    report = Report(
-        title=f"edgepack report: {', '.join(models)}",
-        subtitle=(f"recipe(s) {', '.join(recipes)}; max_seq_len {first['max_seq_len']}; "
-                  f"edgepack {__version__}; written {time.strftime('%Y-%m-%d %H:%M')}"),  # fmt: skip
-    )
+    subtitle = f"recipe(s) {', '.join(recipes)}; max_seq_len {first['max_seq_len']}; edgepack {__version__}; "
+    report = Report(f"edgepack report: {', '.join(models)}", subtitle + time.strftime("written %Y-%m-%d %H:%M"))
     report.tables.append(_sizes_table(rows))
     report.tables.append(_parity_table(rows))
     plan = _plan_table(exports)
@@ -88,6 +85,7 @@ def export_folders(folder: Path) -> list[Path]:
 
 
 def _artifact_rows(export: Path, record: dict) -> list[dict]:
+    from edgepack.bench import artifact_bytes
     from edgepack.exporters import ARTIFACT_FILE, Artifact
 
     parity = {}
@@ -99,16 +97,10 @@ def _artifact_rows(export: Path, record: dict) -> list[dict]:
         rows.append({
             "export": export.name, "model": record["checkpoint"]["model_id"], "recipe": art.recipe,
             "target": art.target, "runtime": art.runtime, "path": art.path, "bits": art.weight_bits,
-            "bytes": _weights_bytes(export, art.files), "max_seq_len": art.max_seq_len,
+            "bytes": artifact_bytes(export, art.files), "max_seq_len": art.max_seq_len,
             "export_seconds": art.export_seconds, "unhonoured": art.unhonoured, "parity": parity.get(art.path),
         })  # fmt: skip
     return rows
-
-
-def _weights_bytes(export: Path, files: list[str]) -> int:
-    from edgepack.anchors import model_bytes
-
-    return sum(model_bytes(export / f) for f in files if not f.endswith((".json", ".jinja", ".txt", ".md")))
 
 
 def _label(row: dict, many: bool) -> str:

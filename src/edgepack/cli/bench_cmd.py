@@ -37,7 +37,8 @@ def bench(export_dir, prompt_tokens, decode_tokens, repeats, warmup, threads, ta
 
     Each artifact (and each anchor) runs in a fresh process; the bench JSON is written to EXPORT_DIR/bench.json.
     """
-    from edgepack.bench import Protocol, bench as run_bench, format_table
+    from edgepack.bench import Protocol, format_table
+    from edgepack.bench import bench as run_bench
 
     quiet_libraries()
     protocol = Protocol(prompt_tokens, decode_tokens, repeats, warmup, threads)
