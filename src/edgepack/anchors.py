@@ -234,16 +234,18 @@ class OnnxFolderRunner:
         self._inputs = {i.name: i for i in self.session.get_inputs()}
         self._past = [n for n in self._inputs if n.startswith("past_key_values.")]
         self._present = [n.replace("past_key_values.", "present.") for n in self._past]
+        decoder = config["model"]["decoder"]
+        self._kv_heads, self._head_size = decoder["num_key_value_heads"], decoder["head_size"]
         self.reset()
 
     def reset(self) -> None:
         import numpy as np
 
-        def empty(meta):
-            heads, dim = meta.shape[1], meta.shape[3]
-            return np.zeros((1, heads, 0, dim), dtype=np.float16 if "float16" in meta.type else np.float32)
+        def empty(name):  # the graph's KV dims are symbolic: the shape comes from genai_config
+            dtype = np.float16 if "float16" in self._inputs[name].type else np.float32
+            return np.zeros((1, self._kv_heads, 0, self._head_size), dtype=dtype)
 
-        self._kv = {name: empty(self._inputs[name]) for name in self._past}
+        self._kv = {name: empty(name) for name in self._past}
         self._position = 0
 
     def forward(self, tokens):
