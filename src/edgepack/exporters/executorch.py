@@ -21,7 +21,7 @@ from edgepack.exporters import EXPORTERS, Artifact, ExportRequest
 PTE_FILE = "model.pte"
 MIN_RUNTIME = "executorch 1.5"
 KV_CACHE_BUFFERS = ["key_cache", "value_cache"]  # buffer name prefixes in transformers' exportable wrappers
-EXAMPLE_LEN = 3  # example prefill length for tracing; the seq dim is dynamic
+EXAMPLE_LEN = 2  # example prefill length for tracing (not 0 or 1, which torch.export specializes on)
 
 
 @EXPORTERS.register("executorch")
@@ -71,7 +71,7 @@ def export_program(model, max_seq_len: int):
     from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
 
     if max_seq_len <= EXAMPLE_LEN:
-        raise ExportError(f"max_seq_len must be greater than {EXAMPLE_LEN} for ExecuTorch, got {max_seq_len}.")
+        raise ExportError(f"ExecuTorch needs --max-seq-len {EXAMPLE_LEN + 1} or more, got {max_seq_len}.")
     model.config.use_cache = True
     model.generation_config.use_cache = True
     model.generation_config.cache_implementation = "static"
@@ -92,12 +92,16 @@ def export_program(model, max_seq_len: int):
 
 def lower_to_pte(program, metadata: dict, path: Path) -> int:
     """Lower to XNNPACK, serialize with a zero-initialized KV cache, write ``path``; return its size in bytes."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS, GeluConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
+    # XNNPACK computes erf GELU even for approximate="tanh" (Gemma's gelu_pytorch_tanh: 5e-4 off, measured);
+    # the portable kernel honours the approximation.
+    partitioner = XnnpackPartitioner(configs=[c for c in ALL_PARTITIONER_CONFIGS if c is not GeluConfig])
     try:
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=metadata)
+        edge = to_edge_transform_and_lower(program, partitioner=[partitioner], constant_methods=metadata)
         del program
         # Quant fusion turns torchao's dequantize+embedding into ExecuTorch's quantized embedding kernels.
         config = ExecutorchBackendConfig(
@@ -141,14 +145,13 @@ def _special_ids(text_config, checkpoint) -> tuple[int | None, list[int]]:
 
     bos, eos = text_config.bos_token_id, text_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if checkpoint is not None:
-        try:
-            tokenizer = DeviceTokenizer(checkpoint.path)
-        except CheckpointError:
-            tokenizer = None
-        if tokenizer is not None:
-            bos = tokenizer.token_id("bos") if tokenizer.token_id("bos") is not None else bos
-            eos |= set(tokenizer.eos_ids)
+    try:
+        tokenizer = DeviceTokenizer(checkpoint.path) if checkpoint is not None else None
+    except CheckpointError:  # no tokenizer.json: the config's ids are all there is
+        tokenizer = None
+    if tokenizer is not None:
+        bos = tokenizer.token_id("bos") if tokenizer.token_id("bos") is not None else bos
+        eos |= set(tokenizer.eos_ids)
     return (int(bos) if bos is not None else None), sorted(int(i) for i in eos)
 
 
@@ -167,14 +170,10 @@ def _details(config, request: ExportRequest, metadata: dict, size: int) -> dict:
         "max_chunk": max_chunk,
         "kv_cache": {"positions": request.max_seq_len, "zero_initialized": True, "buffers": KV_CACHE_BUFFERS},
         "constant_methods": metadata,
-        "needs_quantized_kernels": any(
-            q is not None and not q.is_float for q in _quants(request.recipe)
-        ),
+        "needs_quantized_kernels": any(not q.is_float for q in _quants(request.recipe)),
     }
 
 
 def _quants(recipe):
-    yield recipe.embedding
-    yield recipe.lm_head
-    for rule in recipe.rules:
-        yield rule.weights
+    sections = [recipe.embedding, recipe.lm_head, *(rule.weights for rule in recipe.rules)]
+    return [q for q in sections if q is not None]
