@@ -284,4 +284,6 @@ class LlamaCppRunner:
         import numpy as np
 
         self.llm.eval(list(tokens))
-        return np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)[None, :]
+        # eval no longer copies logits unless logits_all; read the last position's straight from the context
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))
+        return logits.astype(np.float32)[None, :]
