@@ -328,6 +328,7 @@ def test_shipped_recipes_translate_without_model_specific_surprises():
 @pytest.mark.slow
 def test_smollm2_int4_pte_answers_paris_in_the_llm_runner(smollm2, tmp_path):
     """SmolLM2-135M-Instruct, int4-block32, run by ExecuTorch's own LLM runner with the bundled tokenizer."""
+    import executorch.kernels.quantized  # noqa: F401 - the runner needs the quantized embedding kernels registered
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     from edgepack.tokenizer import DeviceTokenizer
