@@ -14,12 +14,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("executorch")
 
-from edgepack.checkpoint import resolve  # noqa: E402
-from edgepack.errors import ExportError, ParityError  # noqa: E402
-from edgepack.exporters import ExportRequest, get_exporter  # noqa: E402
-from edgepack.parity import open_runner  # noqa: E402
-from edgepack.quantize import quantize_model, unhonoured  # noqa: E402
-from edgepack.recipes import Recipe, load_recipe  # noqa: E402
+from edgepack.checkpoint import resolve
+from edgepack.errors import ExportError, ParityError
+from edgepack.exporters import ExportRequest, get_exporter
+from edgepack.parity import open_runner
+from edgepack.quantize import quantize_model, unhonoured
+from edgepack.recipes import Recipe, load_recipe
 
 MAX_SEQ_LEN = 64
 PROMPT_LEN = 20  # longer than the tiny sliding windows (8)
@@ -131,7 +131,7 @@ def test_int4_pte_matches_eager_quantization(exported, arch, overrides):
 
 
 def test_artifact_describes_the_program(exported):
-    root, artifact, checkpoint = exported("llama", {}, "int4-block32")
+    root, artifact, _ = exported("llama", {}, "int4-block32")
     assert (artifact.target, artifact.runtime, artifact.min_runtime) == ("executorch", "executorch", "executorch 1.5")
     assert artifact.path == "executorch/model.pte" and artifact.files == ["executorch/model.pte"]
     assert (root / artifact.path).stat().st_size == artifact.details["pte_bytes"]
@@ -176,7 +176,7 @@ def test_kv_cache_is_serialized_as_zeros(exported):
 
 
 def test_runner_reset_starts_a_fresh_sequence(exported):
-    root, artifact, checkpoint = exported("llama", {}, "fp32")
+    root, artifact, _ = exported("llama", {}, "fp32")
     runner = open_runner(root, artifact)
     first, second = _prompt(320, seed=3), _prompt(320, seed=4)[:7]
     runner.forward(first)
@@ -316,10 +316,11 @@ def test_unhonoured_rules_name_the_rule_and_what_is_done_instead(bf16_llama):
 
 def test_shipped_recipes_translate_without_model_specific_surprises():
     assert unhonoured(load_recipe("fp32")) == unhonoured(load_recipe("fp16")) == []
-    assert unhonoured(load_recipe("int4-block32")) == [
+    expected = (
         "lm_head (int8 per-channel sym): XNNPACK mis-lowers weight-only linear layers; "
         "given int8 dynamic activations instead"
-    ]
+    )
+    assert unhonoured(load_recipe("int4-block32")) == [expected]
 
 
 # --- real weights --------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _MAX_NAMED = 3  # modules named per unhonoured line before "and N more"
 
 
-def compute_dtype(recipe: Recipe) -> "torch.dtype":
+def compute_dtype(recipe: Recipe) -> torch.dtype:
     import torch
 
     return torch.float16 if recipe.dtype == "float16" else torch.float32
@@ -45,7 +45,7 @@ def unhonoured(recipe: Recipe) -> list[str]:
     return lines
 
 
-def quantize_model(model: "torch.nn.Module", recipe: Recipe) -> list[str]:
+def quantize_model(model: torch.nn.Module, recipe: Recipe) -> list[str]:
     """Quantize ``model`` in place per ``recipe``; return the rules it could not honour, one line each.
 
     Linear and embedding modules get ``recipe.for_module(name)`` (embedding section, lm_head section, then the
@@ -97,7 +97,7 @@ def _float_note(quant: WeightQuant, recipe: Recipe) -> str | None:
     return None
 
 
-def _quantize_module(module: "torch.nn.Module", quant: WeightQuant) -> str | None:
+def _quantize_module(module: torch.nn.Module, quant: WeightQuant) -> str | None:
     """Quantize one linear or embedding module in place; return a note when its shape bent the recipe."""
     import torch
     from torchao.quantization import quantize_
@@ -133,7 +133,7 @@ def _torchao_config(quant: WeightQuant, group_size: int | None, *, is_embedding:
     )
 
 
-def _cast_own_tensors(module: "torch.nn.Module", dtype: "torch.dtype") -> None:
+def _cast_own_tensors(module: torch.nn.Module, dtype: torch.dtype) -> None:
     """Cast the floating parameters and buffers ``module`` itself holds (not its children's) to ``dtype``.
 
     Parameters are cast in place (``.data``), so a Parameter shared by two modules (tied embeddings) stays
@@ -149,7 +149,7 @@ def _cast_own_tensors(module: "torch.nn.Module", dtype: "torch.dtype") -> None:
             module._buffers[key] = buf.to(dtype)
 
 
-def _untie_output_embedding(model: "torch.nn.Module", recipe: Recipe) -> None:
+def _untie_output_embedding(model: torch.nn.Module, recipe: Recipe) -> None:
     """Give lm_head its own Parameter when it shares the embedding's and either one is quantized.
 
     The new Parameter shares storage until each module is cast/quantized, so untying costs no memory up front.

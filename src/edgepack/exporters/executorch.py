@@ -86,7 +86,7 @@ def export_program(model, max_seq_len: int):
                 dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}},
                 strict=True,
             )
-    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; name the stage and the cause
+    except Exception as exc:
         raise ExportError(f"torch.export of {type(model).__name__} failed: {type(exc).__name__}: {exc}") from exc
 
 
@@ -109,7 +109,7 @@ def lower_to_pte(program, metadata: dict, path: Path) -> int:
         )
         et = edge.to_executorch(config)
         del edge
-    except Exception as exc:  # noqa: BLE001 - lowering raises many types; name the stage and the cause
+    except Exception as exc:
         raise ExportError(f"ExecuTorch lowering failed: {type(exc).__name__}: {exc}") from exc
     with path.open("wb") as fh:
         et.write_to_file(fh)

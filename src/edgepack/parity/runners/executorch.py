@@ -7,8 +7,8 @@ reuses its memory arena and the previous prompt's cache.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
