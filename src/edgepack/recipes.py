@@ -33,7 +33,7 @@ class WeightQuant(Strict):
     activations: Literal["none", "int8_dynamic"] = "none"
 
     @model_validator(mode="after")
-    def _check(self) -> "WeightQuant":
+    def _check(self) -> WeightQuant:
         problems = []
         if self.group_size is not None and (self.group_size < 8 or self.group_size & (self.group_size - 1)):
             problems.append(f"group_size must be a power of two >= 8 or null, got {self.group_size}")

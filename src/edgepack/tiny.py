@@ -47,7 +47,7 @@ def build_tiny_checkpoint(arch: str, out: Path, *, seed: int = 0, dtype: str = "
     model = AutoModelForCausalLM.from_config(config).eval()
     # Random init gives near-uniform logits; a wider spread makes parity checks discriminating.
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.08)
     model = model.to(getattr(torch, dtype))

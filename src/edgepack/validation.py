@@ -18,7 +18,7 @@ KINDS = {
 
 
 def detect(path: Path) -> str:
-    for kind, (_, _, keys, folder) in KINDS.items():
+    for kind, (_, _, _, folder) in KINDS.items():
         if folder and path.parent.name == folder:
             return kind
     data = read_data(path)

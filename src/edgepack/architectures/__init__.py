@@ -7,7 +7,8 @@ features it uses (sliding window, attention biases, scaled embeddings...) and a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from edgepack.errors import CheckpointError
 from edgepack.registry import Registry

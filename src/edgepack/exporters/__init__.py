@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable
 
 from edgepack.errors import ExportError
 from edgepack.registry import Registry
@@ -46,7 +47,7 @@ class Artifact:
         (folder / ARTIFACT_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def read(cls, folder: Path) -> "Artifact":
+    def read(cls, folder: Path) -> Artifact:
         return cls(**json.loads((folder / ARTIFACT_FILE).read_text()))
 
 
