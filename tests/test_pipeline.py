@@ -106,3 +106,23 @@ def test_force_replaces_an_existing_export(onnx_export, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert not (out / "stale.txt").exists() and (out / "onnx" / "model.onnx").is_file()
     assert not (out / "parity.json").exists()
+
+
+def test_drift_fails_the_export_loudly_but_keeps_the_complete_folder(tiny_checkpoint, tmp_path):
+    """A threshold the export cannot meet: exit 1 naming artifact, metric, value and threshold; the folder is
+    complete (to inspect) and its manifest records the failure."""
+    out = tmp_path / "drifted"
+    result = CliRunner().invoke(
+        main,
+        ["export", str(tiny_checkpoint("llama")), "--recipe", "int8-weight", "--target", "onnx", "--out", str(out),
+         "--max-seq-len", "64", "--max-abs-diff", "1e-9", "--quiet"],
+    )
+    assert result.exit_code == 1, result.stderr
+    assert "parity failed" in result.stderr
+    assert "onnx/model.onnx: max_abs_diff = " in result.stderr and "must be <= 1e-09" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    (entry,) = manifest["artifacts"]
+    assert entry["parity"]["status"] == "failed"
+    assert entry["parity"]["failures"][0]["metric"] == "max_abs_diff"
+    split = json.loads((out / "parity.json").read_text())["artifacts"][0]["split"]
+    assert split is not None and set(split) == {"quantization", "conversion"}

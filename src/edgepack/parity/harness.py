@@ -36,6 +36,7 @@ THRESHOLDS = {
     "max_kl": ("kl", True),
     "min_greedy_agreement": ("greedy_agreement", False),
 }
+AT_MOST = {metric: at_most for metric, at_most in THRESHOLDS.values()}
 
 
 @dataclass
@@ -72,7 +73,7 @@ class ParityReport:
         lines = [f"parity failed for {where}:"]
         for a in self.artifacts:
             for f in a.failures:
-                op = "<=" if THRESHOLDS[f["threshold_key"]][1] else ">="
+                op = "<=" if AT_MOST[f["metric"]] else ">="
                 lines.append(
                     f"  - {a.path}: {f['metric']} = {f['value']:.6g}, must be {op} {f['threshold']:.6g}"
                 )
@@ -270,5 +271,5 @@ def _failures(measured: dict, limits: dict) -> list[dict]:
         value = measured[metric]
         ok = value <= limit if at_most else value >= limit
         if not ok or not np.isfinite(value):
-            failures.append({"metric": metric, "value": value, "threshold": limit, "threshold_key": key})
+            failures.append({"metric": metric, "value": value, "threshold": limit})
     return failures

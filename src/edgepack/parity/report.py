@@ -32,7 +32,7 @@ def junit(report) -> str:
             case = ET.SubElement(suite, "testcase", classname=f"parity.{a.target}", name=f"{a.path}::{metric}")
             value = a.metrics[metric]
             ET.SubElement(case, "system-out").text = f"{metric}={value:.6g} threshold={limit:.6g}"
-            if any(f["threshold_key"] == key for f in a.failures):
+            if any(f["metric"] == metric for f in a.failures):
                 failed += 1
                 op = "<=" if at_most else ">="
                 ET.SubElement(case, "failure", message=f"{metric} = {value:.6g}, must be {op} {limit:.6g}")
