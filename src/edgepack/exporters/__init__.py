@@ -28,6 +28,21 @@ class ExportRequest:
     out_dir: Path  # this target's folder inside the (temporary) export folder
     progress: Callable[[str], None] = lambda message: None
 
+    def artifact(self, exporter, main: str, files: list[str], **fields) -> Artifact:
+        """The Artifact for ``exporter``'s files in ``out_dir`` (names relative to it); the fields every
+        backend shares come from the request, the rest (min_runtime, unhonoured, details) from ``fields``."""
+        rel = self.out_dir.name
+        return Artifact(
+            target=exporter.name,
+            runtime=exporter.runtime,
+            path=f"{rel}/{main}",
+            files=[f"{rel}/{f}" for f in files],
+            recipe=self.recipe.name,
+            weight_bits=self.recipe.weight_bits,
+            max_seq_len=self.max_seq_len,
+            **fields,
+        )
+
 
 @dataclass
 class Artifact:

@@ -76,16 +76,11 @@ class CoreMLExporter:
         add_metadata(mlmodel, request, compute, layout)
         package = out / PACKAGE
         mlmodel.save(str(package))
-        rel = out.name
         files = sorted(p.relative_to(out).as_posix() for p in package.rglob("*") if p.is_file())
-        return Artifact(
-            target=self.name,
-            runtime=self.runtime,
-            path=f"{rel}/{PACKAGE}",
-            files=[f"{rel}/{f}" for f in files],
-            recipe=recipe.name,
-            weight_bits=recipe.weight_bits,
-            max_seq_len=request.max_seq_len,
+        return request.artifact(
+            self,
+            PACKAGE,
+            files,
             min_runtime=MIN_RUNTIME,
             export_seconds=round(time.perf_counter() - start, 2),
             unhonoured=self.unhonoured(recipe),

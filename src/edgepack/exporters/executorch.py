@@ -49,15 +49,10 @@ class ExecuTorchExporter:
         program = export_program(model, request.max_seq_len)
         request.progress("lowering to XNNPACK (the slow stage)")
         size = lower_to_pte(program, metadata, out / PTE_FILE)
-        rel = out.name
-        return Artifact(
-            target=self.name,
-            runtime=self.runtime,
-            path=f"{rel}/{PTE_FILE}",
-            files=[f"{rel}/{PTE_FILE}"],
-            recipe=recipe.name,
-            weight_bits=recipe.weight_bits,
-            max_seq_len=request.max_seq_len,
+        return request.artifact(
+            self,
+            PTE_FILE,
+            [PTE_FILE],
             min_runtime=MIN_RUNTIME,
             export_seconds=time.perf_counter() - start,
             unhonoured=unhonoured,

@@ -69,15 +69,10 @@ class OnnxExporter:
         for name, src in request.checkpoint.tokenizer_files.items():
             shutil.copyfile(src, out / name)
             files.append(name)
-        rel = out.name
-        return Artifact(
-            target=self.name,
-            runtime=self.runtime,
-            path=f"{rel}/{MODEL_FILE}",
-            files=[f"{rel}/{f}" for f in files],
-            recipe=recipe.name,
-            weight_bits=recipe.weight_bits,
-            max_seq_len=request.max_seq_len,
+        return request.artifact(
+            self,
+            MODEL_FILE,
+            files,
             min_runtime=MIN_ORT,
             export_seconds=round(time.perf_counter() - start, 2),
             unhonoured=self.unhonoured(recipe),
