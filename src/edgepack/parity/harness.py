@@ -6,9 +6,9 @@ prefill chunk, then the reference's greedy tokens one at a time through the deco
 position are compared (``edgepack.parity.metrics``). Greedy agreement is read off the same pass: free-running
 greedy decoding reproduces the reference exactly up to the first position whose argmax differs.
 
-Where the recipe quantizes and can be applied in torch (``edgepack.quantize``), the error is split in two:
-quantization (recipe in eager torch vs fp32) and conversion (export vs that quantized eager model), so a user
-knows whether the exporter or the recipe is at fault.
+Where the recipe quantizes, the error is split in two: quantization (the recipe's weight rounding applied in
+eager torch, ``edgepack.parity.fakequant``, vs fp32) and conversion (export vs that quantized eager model), so a
+user knows whether the exporter or the recipe is at fault.
 """
 
 from __future__ import annotations
@@ -190,20 +190,18 @@ def _reference(record: dict, prompts: list[Prompt], decode_steps: int) -> _Refer
 
 
 def _quantized_reference(record: dict, reference: _Reference) -> list[np.ndarray] | None:
-    """Logits of the recipe applied in eager torch, or None when the recipe quantizes nothing or cannot be."""
+    """Logits of the recipe's weight quantization in eager torch, or None when it quantizes nothing."""
+    import torch
+
+    from edgepack.parity.fakequant import fake_quantize
     from edgepack.recipes import Recipe
 
     recipe = Recipe.model_validate(record["recipe"])
     if not recipe.rules and recipe.embedding is None and recipe.lm_head is None:
         return None
-    try:
-        import torch
-
-        from edgepack.quantize import quantize_model
-    except ImportError:
-        return None
     model = _load(record)
-    quantize_model(model, recipe)
+    if not fake_quantize(model, recipe):
+        return None
     with torch.no_grad():
         logits = [model(torch.tensor([ids])).logits[0].float().numpy() for ids in reference.tokens]
     del model

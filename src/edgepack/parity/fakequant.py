@@ -1,0 +1,59 @@
+"""The recipe applied in eager torch, for the parity harness's error split.
+
+Weights are quantized and dequantized in place (round to the recipe's grid, kept in fp32), so the eager model
+runs at fp32 speed while carrying exactly the recipe's weight rounding. Dynamic activation quantization is not
+simulated: its effect is counted in the conversion part of the split. (torchao's eager int8-dynamic kernels
+took minutes per prompt on a 135M model here; fake quantization takes seconds.)
+"""
+
+from __future__ import annotations
+
+
+def fake_quantize(model, recipe) -> bool:
+    """Round every weight the recipe quantizes; return False when the recipe asks for nothing simulable."""
+    import torch
+
+    changed = False
+    _untie(model, recipe)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                continue
+            quant = recipe.for_module(name)
+            if quant is None or quant.format != "linear":
+                continue
+            w = module.weight
+            if quant.is_float:
+                w.copy_(w.to(torch.float16 if quant.bits == 16 else torch.float32).float())
+            else:
+                w.copy_(_round(w.float(), quant.bits, quant.group_size, quant.symmetric))
+            changed = True
+    return changed
+
+
+def _round(w, bits: int, group_size: int | None, symmetric: bool):
+    """Quantize-dequantize ``w`` [rows, cols] along its last dim in groups (None: one group per row)."""
+    rows, cols = w.shape
+    group = group_size if group_size and cols % group_size == 0 else cols
+    g = w.reshape(rows, cols // group, group)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = g.abs().amax(-1, keepdim=True).clamp(min=1e-12) / qmax
+        q = (g / scale).round().clamp(-qmax - 1, qmax)
+        return (q * scale).reshape(rows, cols)
+    qmax = 2**bits - 1
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    scale = ((hi - lo) / qmax).clamp(min=1e-12)
+    zero = (-lo / scale).round()
+    q = ((g / scale).round() + zero).clamp(0, qmax)
+    return ((q - zero) * scale).reshape(rows, cols)
+
+
+def _untie(model, recipe) -> None:
+    """Tied lm_head and embedding may be quantized differently: give lm_head its own copy of the table."""
+    import torch
+
+    head = getattr(model, "lm_head", None)
+    embed = model.get_input_embeddings()
+    if head is not None and head.weight is embed.weight and recipe.lm_head != recipe.embedding:
+        head.weight = torch.nn.Parameter(embed.weight.detach().clone())
