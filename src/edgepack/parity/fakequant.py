@@ -2,7 +2,8 @@
 
 Weights are quantized and dequantized in place (round to the recipe's grid, kept in fp32), so the eager model
 runs at fp32 speed while carrying exactly the recipe's weight rounding. Dynamic activation quantization is not
-simulated: its effect is counted in the conversion part of the split. (torchao's eager int8-dynamic kernels
+simulated, and backends whose quantizers round differently from torchao's symmetric mapping (onnxruntime,
+coremltools) see that difference counted in the conversion part of the split. (torchao's eager int8-dynamic kernels
 took minutes per prompt on a 135M model here; fake quantization takes seconds.)
 """
 
@@ -37,8 +38,9 @@ def _round(w, bits: int, group_size: int | None, symmetric: bool):
     group = group_size if group_size and cols % group_size == 0 else cols
     g = w.reshape(rows, cols // group, group)
     if symmetric:
+        # torchao's symmetric mapping (the one ExecuTorch's exports use): scale = max|w| / ((qmax - qmin) / 2)
         qmax = 2 ** (bits - 1) - 1
-        scale = g.abs().amax(-1, keepdim=True).clamp(min=1e-12) / qmax
+        scale = g.abs().amax(-1, keepdim=True).clamp(min=1e-12) / ((2**bits - 1) / 2)
         q = (g / scale).round().clamp(-qmax - 1, qmax)
         return (q * scale).reshape(rows, cols)
     qmax = 2**bits - 1
