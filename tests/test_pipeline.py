@@ -126,3 +126,28 @@ def test_drift_fails_the_export_loudly_but_keeps_the_complete_folder(tiny_checkp
     assert entry["parity"]["failures"][0]["metric"] == "max_abs_diff"
     split = json.loads((out / "parity.json").read_text())["artifacts"][0]["split"]
     assert split is not None and set(split) == {"quantization", "conversion"}
+
+
+@pytest.fixture(scope="module")
+def pte_export(tiny_checkpoint, tmp_path_factory):
+    """A tiny Llama exported to ExecuTorch at fp32 through the CLI, parity checked at 1e-4."""
+    model = tiny_checkpoint("llama")
+    out = tmp_path_factory.mktemp("exports") / "llama-pte"
+    result = CliRunner().invoke(
+        main,
+        ["export", str(model), "--recipe", "fp32", "--target", "executorch", "--out", str(out),
+         "--max-seq-len", "64", "--max-abs-diff", "1e-4", "--quiet"],
+    )
+    assert result.exit_code == 0, result.stderr
+    return model, out
+
+
+def test_corrupted_pte_weight_fails_the_gate(pte_export, tmp_path):
+    model, out = pte_export
+    report = json.loads((out / "parity.json").read_text())
+    assert report["passed"] and report["artifacts"][0]["metrics"]["max_abs_diff"] < 1e-4
+    broken = shutil.copytree(out, tmp_path / "broken")
+    corrupt_tensor([broken / "executorch" / "model.pte"], weight(model, "model.layers.0.mlp.up_proj.weight"))
+    result = CliRunner().invoke(main, ["parity", str(broken), "--quiet"])
+    assert result.exit_code == 1, result.stderr
+    assert "executorch/model.pte: max_abs_diff = " in result.stderr
