@@ -31,7 +31,7 @@ lint: setup
 	$(BIN)/ruff check src tests
 
 bench: setup  ## speed and memory of the SmolLM2 int4-block32 artifacts beside the anchors
-	$(BIN)/edgepack bench artifacts/bench --build --anchors
+	$(BIN)/edgepack bench artifacts/bench --build --anchors --report
 
 clean:
 	rm -rf artifacts/demo artifacts/bench .pytest_cache
