@@ -92,12 +92,9 @@ def test_cli_on_a_folder_that_is_no_export(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_int4_block32_on_both_runtimes(smollm2, tmp_path):
-    from edgepack.pipeline import export
-
-    out = tmp_path / "smollm2"
-    export(smollm2, out=out, recipe="int4-block32", targets=["executorch", "onnx"], max_seq_len=256, parity=False)
-    result = bench(out, protocol=Protocol(prompt_tokens=64, decode_tokens=16, repeats=3, warmup=1))
+def test_smollm2_int4_block32_on_both_runtimes(smollm2_int4):
+    result = bench(smollm2_int4, protocol=Protocol(prompt_tokens=64, decode_tokens=16, repeats=3, warmup=1),
+                   targets=["executorch", "onnx"])
     by_name = {m.name: m for m in result.results}
     assert set(by_name) == {"edgepack executorch", "edgepack onnx"}
     for m in by_name.values():
