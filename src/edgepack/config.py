@@ -88,3 +88,17 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+def shipped_or_path(name_or_path: str | Path, folder: Path, what: str, error: type[ConfigError] = ConfigError) -> Path:
+    """A shipped file by name (``folder/NAME.yaml``) or any file by path; unknown names list the shipped ones."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml", ".json"):
+        if not path.is_file():
+            raise error(str(path), ["file not found"])
+        return path
+    path = folder / f"{name_or_path}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise error(str(name_or_path), [f"unknown {what}; shipped {what}s: {shipped}. Or pass a path to a .yaml file."])
+    return path

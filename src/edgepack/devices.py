@@ -14,8 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edgepack.config import Strict, load
-from edgepack.errors import ConfigError
+from edgepack.config import Strict, load, shipped_or_path
 from edgepack.paths import shipped_dir
 
 GIB = 1 << 30
@@ -106,18 +105,7 @@ def available() -> list[str]:
 
 def load_device(name_or_path: str | Path) -> Device:
     """A shipped profile by name, or any profile file by path."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml", ".json"):
-        path = devices_dir() / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise ConfigError(
-                str(name_or_path),
-                [
-                    f"unknown device; shipped profiles: {', '.join(available())}. Or pass a path to a .yaml file."
-                ],
-            )
-    elif not path.is_file():
-        raise ConfigError(str(path), ["file not found"])
+    path = shipped_or_path(name_or_path, devices_dir(), "device profile")
     return load(Device, path)
 
 

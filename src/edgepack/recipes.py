@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edgepack.config import Strict, load
+from edgepack.config import Strict, load, shipped_or_path
 from edgepack.errors import RecipeError
 from edgepack.paths import shipped_dir
 
@@ -116,14 +116,5 @@ def available() -> list[str]:
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A shipped recipe by name, or any recipe file by path."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml", ".json"):
-        path = recipes_dir() / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise RecipeError(
-                str(name_or_path),
-                [f"unknown recipe; shipped recipes: {', '.join(available())}. Or pass a path to a .yaml file."],
-            )
-    elif not path.is_file():
-        raise RecipeError(str(path), ["file not found"])
+    path = shipped_or_path(name_or_path, recipes_dir(), "recipe", RecipeError)
     return load(Recipe, path, RecipeError)
