@@ -210,7 +210,7 @@ def _size_parity_plot(rows: list[dict]) -> bytes:
     ax.set_title("Size against parity (green: passed, red: failed)")
     ax.grid(alpha=0.3)
     ax.margins(x=0.25, y=0.25)
-    ax.set_xlim(left=0)
+    ax.set_xlim(0, max(r["bytes"] for r in rows) / 1e6 * 1.25)  # room for the labels of the largest
     ax.set_ylim(bottom=0)  # from zero: a near-lossless artifact sits on the axis
     return _png(fig)
 
