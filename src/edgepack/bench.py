@@ -357,7 +357,7 @@ def format_table(report: BenchReport) -> str:
         f"{report.model} {report.recipe}: prompt {p['prompt_tokens']} tokens, decode {p['decode_tokens']}, "
         f"median of {p['repeats']} (warm-up {p['warmup']}), threads {p['threads'] or report.machine['cpus']}"
     )
-    cols = ("artifact", "runtime", "MB", "TTFT ms", "prefill tok/s", "decode tok/s", "peak RSS MB", "load s")
+    cols = ("artifact", "runtime", "MB", "TTFT ms", "prefill tok/s", "decode tok/s", "peak RSS MiB", "load s")
     rows = [cols] + [_row(m) for m in report.results]
     widths = [max(len(r[i]) for r in rows if len(r) == len(cols)) for i in range(len(cols))]
     lines = [head, ""]
