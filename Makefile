@@ -34,4 +34,4 @@ bench: setup  ## speed and memory of the SmolLM2 int4-block32 artifacts beside t
 	$(BIN)/edgepack bench artifacts/bench --build --anchors --report
 
 clean:
-	rm -rf artifacts/demo artifacts/bench .pytest_cache
+	rm -rf artifacts/demo artifacts/bench artifacts/bench.anchors .pytest_cache  # artifacts/.anchors-venv is kept: it takes long to build
