@@ -7,25 +7,16 @@ cache is keyed by the file's sha256, so an edited file converts again.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 from edgepack.errors import CheckpointError
-from edgepack.paths import cache_dir
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from edgepack.paths import cache_dir, sha256_file
 
 
 def convert_gguf(path: Path, dtype: str = "bfloat16") -> Path:
     """The cached HF folder for ``path``, converting it on first use."""
-    out = cache_dir() / "gguf" / file_digest(path)[:16]
+    out = cache_dir() / "gguf" / sha256_file(path)[:16]
     if (out / "config.json").is_file():
         return out
     tmp = out.with_name(out.name + ".tmp")

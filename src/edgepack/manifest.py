@@ -21,7 +21,7 @@ from typing import Any
 from edgepack import __version__
 from edgepack.errors import ManifestError
 from edgepack.exporters import ARTIFACT_FILE, Artifact
-from edgepack.paths import DATA_DIR
+from edgepack.paths import DATA_DIR, sha256_file
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
@@ -65,14 +65,6 @@ def read_manifest(path: str | Path) -> dict:
 
 
 # --- digests ------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def list_files(root: Path, paths: Iterable[str]) -> list[str]:

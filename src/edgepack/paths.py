@@ -17,6 +17,17 @@ def shipped_dir(name: str) -> Path:
     return Path(override) if override else REPO_DIR / name
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def cache_dir() -> Path:
     """Where the demo keeps its converted checkpoint: $EDGEPACK_CACHE or ~/.cache/edgepack."""
     return Path(os.environ.get("EDGEPACK_CACHE", Path.home() / ".cache" / "edgepack"))

@@ -94,6 +94,15 @@ class Recipe(Strict):
                 return rule.weights
         return None
 
+    def settings(self):
+        """(where, WeightQuant) for each setting the recipe states: each rule, the embedding, the lm_head."""
+        for rule in self.rules:
+            yield f"rule {rule.match!r}", rule.weights
+        if self.embedding is not None:
+            yield "embedding", self.embedding
+        if self.lm_head is not None:
+            yield "lm_head", self.lm_head
+
     @property
     def weight_bits(self) -> int:
         """The smallest bit width any linear rule uses (what a manifest reports as the artifact's bits)."""

@@ -38,7 +38,7 @@ class CoreMLExporter:
     def precision_for(self, recipe) -> str:
         if self.compute_precision:
             return self.compute_precision
-        settings = [q for _, q in recipe_settings(recipe)]
+        settings = [q for _, q in recipe.settings()]
         all_fp32 = recipe.dtype == "float32" and all(q.is_float and q.bits == 32 for q in settings)
         return "float32" if all_fp32 else "float16"
 
@@ -50,7 +50,7 @@ class CoreMLExporter:
             lines.append(
                 "dtype float32: Core ML computes this export in fp16 (the Neural Engine has no fp32)"
             )
-        for where, quant in recipe_settings(recipe):
+        for where, quant in recipe.settings():
             if quant.activations == "int8_dynamic":
                 lines.append(
                     f"{where}: int8 dynamic activations: Core ML compresses weights only; "
@@ -92,14 +92,6 @@ def compute_name(compute: str) -> str:
     return "fp16" if compute == "float16" else "fp32"
 
 
-def recipe_settings(recipe):
-    """(where, WeightQuant) for each setting the recipe states: each rule, the embedding, the lm_head."""
-    for rule in recipe.rules:
-        yield f"rule {rule.match!r}", rule.weights
-    if recipe.embedding is not None:
-        yield "embedding", recipe.embedding
-    if recipe.lm_head is not None:
-        yield "lm_head", recipe.lm_head
 
 
 # --- conversion -------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ class OnnxExporter:
     def unhonoured(self, recipe) -> list[str]:
         """Recipe settings onnxruntime cannot honour exactly, one line each with what is done instead."""
         lines = []
-        for where, quant in _recipe_settings(recipe):
+        for where, quant in recipe.settings():
             lines.extend(_unhonoured_setting(where, quant, recipe.dtype))
         return sorted(set(lines))
 
@@ -83,14 +83,6 @@ class OnnxExporter:
 # --- recipe translation -------------------------------------------------------------------------------------
 
 
-def _recipe_settings(recipe):
-    """(where, WeightQuant) for every setting the recipe states: each rule, the embedding, the lm_head."""
-    for rule in recipe.rules:
-        yield f"rule {rule.match!r}", rule.weights
-    if recipe.embedding is not None:
-        yield "embedding", recipe.embedding
-    if recipe.lm_head is not None:
-        yield "lm_head", recipe.lm_head
 
 
 def _unhonoured_setting(where: str, quant, dtype: str) -> list[str]:
