@@ -24,6 +24,7 @@ from edgepack.quantize import quantize_model, unhonoured
 from edgepack.recipes import Recipe, load_recipe
 
 MAX_SEQ_LEN = 64
+PREFILL_CHUNK = 8  # below PROMPT_LEN, so every prompt is prefilled in several calls
 PROMPT_LEN = 20  # longer than the tiny sliding windows (8)
 DECODE_STEPS = 8
 
@@ -65,7 +66,7 @@ def exported(tiny_checkpoint, tmp_path_factory):
             checkpoint = resolve(tiny_checkpoint(arch, **overrides))
             root = tmp_path_factory.mktemp(f"et-{arch}-{recipe}")
             folder = root / "executorch"
-            request = ExportRequest(checkpoint, load_recipe(recipe), MAX_SEQ_LEN, folder)
+            request = ExportRequest(checkpoint, load_recipe(recipe), MAX_SEQ_LEN, folder, prefill_chunk=PREFILL_CHUNK)
             artifact = get_exporter("executorch").export(checkpoint.load_model(), request)
             artifact.save(folder)
             cache[key] = (root, artifact, checkpoint)
@@ -142,7 +143,7 @@ def test_artifact_describes_the_program(exported):
     assert (root / artifact.path).stat().st_size == artifact.details["pte_bytes"]
     assert artifact.max_seq_len == MAX_SEQ_LEN and artifact.recipe == "int4-block32"
     assert [i["name"] for i in artifact.details["inputs"]] == ["input_ids", "cache_position"]
-    assert artifact.details["max_chunk"] == MAX_SEQ_LEN - 1
+    assert artifact.details["max_chunk"] == artifact.details["prefill_chunk"] == PREFILL_CHUNK
     # lm_head is int8 weight-only in the recipe; XNNPACK gets int8 dynamic activations instead, and says so.
     assert any(line.startswith("lm_head") and "dynamic activations" in line for line in artifact.unhonoured)
     assert artifact.unhonoured == get_exporter("executorch").unhonoured(load_recipe("int4-block32"))
@@ -158,7 +159,8 @@ def test_constant_methods_for_the_llm_runner(exported, arch, overrides, window):
     program = Runtime.get().load_program(root / artifact.path)
     outputs = {name: program.load_method(name).execute(()) for name in program.method_names - {"forward"}}
     values = {name: out[0] if len(out) == 1 else list(out) for name, out in outputs.items()}
-    assert values["get_max_seq_len"] == values["get_max_context_len"] == MAX_SEQ_LEN
+    # The LLM runner's meanings: most tokens per call, and the KV cache's length.
+    assert (values["get_max_seq_len"], values["get_max_context_len"]) == (PREFILL_CHUNK, MAX_SEQ_LEN)
     assert values["get_vocab_size"] == 320 and values["get_n_layers"] == 2
     assert values["use_kv_cache"] is True and values["enable_dynamic_shape"] is True
     assert values["get_bos_id"] == 1
@@ -175,9 +177,24 @@ def test_kv_cache_is_serialized_as_zeros(exported):
     plan = next(p for p in program.execution_plan if p.name == "forward")
     initialized = [v.val for v in plan.values if type(v.val).__name__ == "Tensor"
                    and v.val.allocation_info is not None and v.val.data_buffer_idx > 0]
-    kv_shape = [1, 2, MAX_SEQ_LEN, 16]  # batch, kv heads, positions, head dim
-    # transformers creates the cache with torch.zeros; these are the values serialized
+    kv_shape = [1, MAX_SEQ_LEN, 2, 16]  # batch, positions, kv heads, head dim (ExecuTorch's update_cache layout)
     assert sum(list(t.sizes) == kv_shape for t in initialized) == 2 * 2  # key + value for 2 layers
+
+
+@pytest.mark.parametrize("arch, overrides", [("llama", {}), ("mistral", {"sliding_window": 8})], ids=["llama", "mistral-sw8"])
+def test_program_updates_the_cache_in_place_and_attends_with_the_fused_op(exported, arch, overrides):
+    """The decode-speed fix, structurally: ExecuTorch's in-place cache update and fused SDPA, once per layer, and
+    none of the portable ops that copied each layer's whole cache every step (index_put + copy_, expand_copy)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    root, artifact, _ = exported(arch, overrides, "fp32")
+    program = deserialize_pte_binary((root / artifact.path).read_bytes()).program
+    plan = next(p for p in program.execution_plan if p.name == "forward")
+    names = [op.name for op in plan.operators]
+    calls = [names[i.instr_args.op_index] for c in plan.chains for i in c.instructions if hasattr(i.instr_args, "op_index")]
+    assert calls.count("llama::update_cache") == 2 * 2  # K and V, 2 layers
+    assert calls.count("llama::custom_sdpa") == 2
+    assert not {"aten::index_put", "aten::index_put_", "aten::expand_copy", "aten::index_copy"} & set(calls)
 
 
 def test_runner_reset_starts_a_fresh_sequence(exported):

@@ -210,8 +210,6 @@ def _pte_runner(path: Path, max_seq_len: int):
     # edgepack's own ExecuTorch runner: the same runtime calls, so only the program differs.
     from types import SimpleNamespace
 
-    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 - registers custom_sdpa, update_cache
-
     from edgepack.parity.runners.executorch import ExecuTorchRunner
 
     return ExecuTorchRunner(path.parent, SimpleNamespace(path=path.name, max_seq_len=max_seq_len))

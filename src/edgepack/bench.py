@@ -30,7 +30,12 @@ from typing import Any
 SCHEMA_VERSION = 1
 # Modules a runtime loads before any artifact: imported before the baseline RSS is read.
 PRELOAD = {
-    "executorch": ("torch", "executorch.runtime", "executorch.kernels.quantized"),
+    "executorch": (
+        "torch",
+        "executorch.runtime",
+        "executorch.kernels.quantized",
+        "executorch.extension.llm.custom_ops.custom_ops",
+    ),
     "onnx": ("onnxruntime",),
     "coreml": ("onnxruntime",),
     "llama.cpp": ("llama_cpp",),

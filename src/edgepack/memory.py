@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from edgepack.errors import ArtifactError
+from edgepack.exporters import PREFILL_CHUNK
 
 MIB = 1 << 20
-PREFILL_CHUNK = 128
 SLIDING_TYPES = ("sliding_attention", "chunked_attention")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 

@@ -18,6 +18,9 @@ from edgepack.errors import ExportError
 from edgepack.registry import Registry
 
 ARTIFACT_FILE = "artifact.json"
+# The most tokens one call takes where a backend must fix it at export (ExecuTorch plans its activation memory
+# for the largest call); longer prompts are prefilled in chunks. The memory estimate assumes the same.
+PREFILL_CHUNK = 128
 
 
 @dataclass
@@ -27,6 +30,7 @@ class ExportRequest:
     max_seq_len: int
     out_dir: Path  # this target's folder inside the (temporary) export folder
     progress: Callable[[str], None] = lambda message: None
+    prefill_chunk: int = PREFILL_CHUNK
 
     def artifact(self, exporter, main: str, files: list[str], **fields) -> Artifact:
         """The Artifact for ``exporter``'s files in ``out_dir`` (names relative to it); the fields every

@@ -1,13 +1,15 @@
-"""The ExecuTorch target: an XNNPACK ``.pte`` with a static KV cache, in the layout the ExecuTorch LLM runner reads.
+"""The ExecuTorch target: an XNNPACK ``.pte`` with an in-place KV cache, in the layout the ExecuTorch LLM runner reads.
 
-Stages: quantize per recipe (``edgepack.quantize``, torchao) -> wrap with transformers'
-``TorchExportableModuleForDecoderOnlyLM`` (static cache of ``max_seq_len`` positions) -> ``torch.export``
-(strict) -> ``to_edge_transform_and_lower`` with the XNNPACK partitioner -> ``to_executorch`` -> ``model.pte``.
+Stages: quantize per recipe (``edgepack.quantize``, torchao) -> wrap the model over ExecuTorch's LLM ops
+(``edgepack.exporters.executorch_model``: in-place cache update, fused causal SDPA) -> ``torch.export`` ->
+``to_edge_transform_and_lower`` with the XNNPACK partitioner -> ``to_executorch`` -> ``model.pte``.
 
 Program interface: ``forward(input_ids [1, n], cache_position [n]) -> logits [1, n, vocab]``, where n is 1..
-max_seq_len-1, so a prompt is prefilled in one chunk and decoding feeds one token at a time. The KV cache lives
-in mutable buffers serialized as zeros (device runtimes need not zero their memory). A sliding window is applied
-through the attention mask over the full-length cache. Constant methods carry what the runner needs (``METHODS``).
+``request.prefill_chunk`` (128 by default): a prompt is prefilled in chunks, decoding feeds one token at a time. Bounding n bounds the activations ExecuTorch's memory planner reserves (it plans for the largest n: with
+n up to max_seq_len, SmolLM2's logits alone would take 400 MB at 2048 positions). The KV cache lives in mutable
+buffers serialized as zeros (device runtimes need not zero their memory). A sliding window is applied by a mask
+over the full-length cache. Constant methods carry what the runner needs (``constant_methods``), with the LLM
+runner's meaning: ``get_max_seq_len`` is the most tokens per call, ``get_max_context_len`` the cache length.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from edgepack.exporters import EXPORTERS, Artifact, ExportRequest
 
 PTE_FILE = "model.pte"
 MIN_RUNTIME = "executorch 1.5"
-KV_CACHE_BUFFERS = ["key_cache", "value_cache"]  # buffer name prefixes in transformers' exportable wrappers
 EXAMPLE_LEN = 2  # example prefill length for tracing (not 0 or 1, which torch.export specializes on)
 
 
@@ -45,8 +46,8 @@ class ExecuTorchExporter:
         request.progress(f"quantizing per recipe {recipe.name}")
         unhonoured = quantize_model(model, recipe)
         metadata = constant_methods(model.config, request)
-        request.progress(f"torch.export with a static KV cache of {request.max_seq_len} positions")
-        program = export_program(model, request.max_seq_len)
+        request.progress(f"torch.export with a KV cache of {request.max_seq_len} positions")
+        program = export_program(model, request.max_seq_len, prefill_chunk(request))
         request.progress("lowering to XNNPACK (the slow stage)")
         size = lower_to_pte(program, metadata, out / PTE_FILE)
         return request.artifact(
@@ -60,27 +61,26 @@ class ExecuTorchExporter:
         )
 
 
-def export_program(model, max_seq_len: int):
-    """``torch.export`` the model behind transformers' static-cache wrapper, with a dynamic sequence dim."""
+def prefill_chunk(request: ExportRequest) -> int:
+    return max(EXAMPLE_LEN, min(request.prefill_chunk, request.max_seq_len - 1))
+
+
+def export_program(model, max_seq_len: int, chunk: int):
+    """``torch.export`` the model over its in-place cache, with a dynamic sequence dim of 1..``chunk``."""
     import torch
-    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    from edgepack.exporters.executorch_model import CausalLMWithCache
 
     if max_seq_len <= EXAMPLE_LEN:
         raise ExportError(f"ExecuTorch needs --max-seq-len {EXAMPLE_LEN + 1} or more, got {max_seq_len}.")
-    model.config.use_cache = True
-    model.generation_config.use_cache = True
-    model.generation_config.cache_implementation = "static"
-    wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_seq_len)
-    seq = torch.export.Dim("seq", min=1, max=max_seq_len - 1)
-    input_ids = torch.zeros((1, EXAMPLE_LEN), dtype=torch.long)
+    wrapper = CausalLMWithCache(model, max_seq_len).eval()
+    seq = torch.export.Dim("seq", min=1, max=chunk)
+    example = (torch.zeros((1, EXAMPLE_LEN), dtype=torch.long), torch.arange(EXAMPLE_LEN, dtype=torch.long))
     try:
         with torch.no_grad():
-            return wrapper.export(
-                input_ids=input_ids,
-                cache_position=torch.arange(EXAMPLE_LEN, dtype=torch.long),
-                dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}},
-                strict=True,
-            )
+            # Non-strict: the cache object and the registered attention function are plain Python, which
+            # non-strict tracing runs as is.
+            return torch.export.export(wrapper, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
     except Exception as exc:
         raise ExportError(f"torch.export of {type(model).__name__} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -92,6 +92,8 @@ def lower_to_pte(program, metadata: dict, path: Path) -> int:
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
+    from edgepack.exporters.executorch_model import CACHE_BUFFERS
+
     # XNNPACK computes erf GELU even for approximate="tanh" (Gemma's gelu_pytorch_tanh: 5e-4 off, measured);
     # the portable kernel honours the approximation.
     partitioner = XnnpackPartitioner(configs=[c for c in ALL_PARTITIONER_CONFIGS if c is not GeluConfig])
@@ -100,7 +102,7 @@ def lower_to_pte(program, metadata: dict, path: Path) -> int:
         del program
         # Quant fusion turns torchao's dequantize+embedding into ExecuTorch's quantized embedding kernels.
         config = ExecutorchBackendConfig(
-            passes=[InitializedMutableBufferPass(KV_CACHE_BUFFERS)], do_quant_fusion_and_const_prop=True
+            passes=[InitializedMutableBufferPass(list(CACHE_BUFFERS))], do_quant_fusion_and_const_prop=True
         )
         et = edge.to_executorch(config)
         del edge
@@ -116,13 +118,13 @@ def constant_methods(config, request: ExportRequest) -> dict:
     text = config.get_text_config()
     bos, eos = _special_ids(text, request.checkpoint)
     methods = {
-        "get_max_seq_len": request.max_seq_len,
+        "get_max_seq_len": prefill_chunk(request),
         "get_max_context_len": request.max_seq_len,
         "get_vocab_size": int(text.vocab_size),
         "get_n_layers": int(text.num_hidden_layers),
         "use_kv_cache": True,
         "enable_dynamic_shape": True,
-        "use_sdpa_with_kv_cache": False,
+        "use_sdpa_with_kv_cache": True,
         "get_eos_ids": eos,
     }
     if bos is not None:
@@ -151,8 +153,10 @@ def _special_ids(text_config, checkpoint) -> tuple[int | None, list[int]]:
 
 
 def _details(config, request: ExportRequest, metadata: dict, size: int) -> dict:
+    from edgepack.exporters.executorch_model import CACHE_BUFFERS
+
     text = config.get_text_config()
-    max_chunk = request.max_seq_len - 1
+    max_chunk = prefill_chunk(request)
     return {
         "backend": "xnnpack",
         "pte_bytes": size,
@@ -163,7 +167,13 @@ def _details(config, request: ExportRequest, metadata: dict, size: int) -> dict:
         ],
         "outputs": [{"name": "logits", "dtype": request.recipe.dtype, "shape": [1, "n", int(text.vocab_size)]}],
         "max_chunk": max_chunk,
-        "kv_cache": {"positions": request.max_seq_len, "zero_initialized": True, "buffers": KV_CACHE_BUFFERS},
+        "prefill_chunk": max_chunk,
+        "kv_cache": {
+            "positions": request.max_seq_len,
+            "layout": "[1, positions, kv_heads, head_dim]",
+            "zero_initialized": True,
+            "buffers": list(CACHE_BUFFERS),
+        },
         "constant_methods": metadata,
         "needs_quantized_kernels": any(not q.is_float for q in _quants(request.recipe)),
     }

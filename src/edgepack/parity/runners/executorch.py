@@ -1,4 +1,5 @@
-"""The ExecuTorch runner: the .pte in ExecuTorch's Python runtime, fed (input_ids, cache_position) chunks.
+"""The ExecuTorch runner: the .pte in ExecuTorch's Python runtime, fed (input_ids, cache_position) chunks of at
+most the program's ``prefill_chunk`` tokens.
 
 ``reset`` loads the program afresh: the KV cache lives in the method's planned memory, which the runtime
 initializes from the program (zeros) only when the program is loaded; re-loading a method of the same program
@@ -19,6 +20,7 @@ from edgepack.parity import RUNNERS
 @RUNNERS.register("executorch")
 class ExecuTorchRunner:
     def __init__(self, export_root: Path, artifact, *, method: str = "forward"):
+        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401 - registers custom_sdpa, update_cache
         import executorch.kernels.quantized  # noqa: F401 - registers the quantized ops a quantized program needs
         from executorch.runtime import Runtime
 
@@ -26,6 +28,8 @@ class ExecuTorchRunner:
         if not self.path.is_file():
             raise ParityError(f"{self.path} does not exist; re-run the export.")
         self.max_seq_len = artifact.max_seq_len
+        # Programs exported before prefill chunks were bounded take any n < max_seq_len.
+        self._chunk = getattr(artifact, "details", {}).get("prefill_chunk") or artifact.max_seq_len - 1
         self._method_name = method
         self._runtime = Runtime.get()
         self._program = self._method = None
@@ -49,7 +53,11 @@ class ExecuTorchRunner:
             raise ParityError(
                 f"{n} token(s) at position {start} do not fit the program's {self.max_seq_len}-position KV cache."
             )
-        inputs = (torch.tensor([list(tokens)], dtype=torch.long), torch.arange(start, end, dtype=torch.long))
-        logits = self._method.execute(inputs)[0]
+        tokens, chunks = list(tokens), []
+        for at in range(0, n, self._chunk):  # the program takes at most prefill_chunk tokens per call
+            piece = tokens[at : at + self._chunk]
+            ids = torch.tensor([piece], dtype=torch.long)
+            positions = torch.arange(start + at, start + at + len(piece), dtype=torch.long)
+            chunks.append(self._method.execute((ids, positions))[0][0].to(torch.float32).numpy().copy())
         self._position = end
-        return logits[0].to(torch.float32).numpy().copy()
+        return np.concatenate(chunks, axis=0)
