@@ -117,10 +117,10 @@ def test_graph_interface_is_the_genai_layout(exports):
         for v in [*graph.input, *graph.output]
     }
     assert list(dims)[:3] == ["input_ids", "attention_mask", "position_ids"]
-    assert dims["input_ids"] == ["batch_size", "sequence_length"]
-    assert dims["attention_mask"] == ["batch_size", "total_sequence_length"]
-    assert dims["past_key_values.1.value"] == ["batch_size", 2, "past_sequence_length", 16]
-    assert dims["logits"] == ["batch_size", "sequence_length", 320]
+    assert dims["input_ids"] == [1, "sequence_length"]
+    assert dims["attention_mask"] == [1, "total_sequence_length"]
+    assert dims["past_key_values.1.value"] == [1, 2, "past_sequence_length", 16]
+    assert dims["logits"] == [1, "sequence_length", 320]
     assert set(dims) >= {"present.0.key", "present.1.value"}
     assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 

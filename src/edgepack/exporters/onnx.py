@@ -1,13 +1,13 @@
 """The ONNX target: a KV-cache decoder in the onnxruntime-genai layout, quantized with onnxruntime's own tools.
 
-Stages: cast (fp32, or fp16 for an fp16 recipe) -> torch.onnx.export (TorchScript, opset 20) + onnxscript optimizer -> quantize per recipe
-(MatMulNBits for linear layers, GatherBlockQuantized for the embedding) -> save (external data past 2 GB) ->
+Stages: cast (fp32, or fp16 for an fp16 recipe) -> trace ``onnx_model.PastPresentCausalLM`` with torch.onnx.export
+(TorchScript, opset 20) + onnxruntime's basic optimizations -> quantize per recipe (MatMulNBits for linear layers, GatherBlockQuantized for the embedding) -> save (external data past 2 GB) ->
 genai_config.json + tokenizer files beside the model, so that onnxruntime-genai runs the folder as it is.
 
 Graph interface (the optimum / onnxruntime-genai layout): inputs ``input_ids``, ``attention_mask`` (over past +
-new tokens), ``position_ids``, ``past_key_values.N.key/value`` [batch, kv_heads, past, head_dim]; outputs
-``logits`` (float32) and ``present.N.key/value`` (past + new). The cache keeps every position; the graph builds
-its own attention mask, so a sliding window applies past the window instead of being dropped.
+new tokens), ``position_ids``, ``past_key_values.N.key/value`` [1, kv_heads, past, head_dim]; outputs
+``logits`` (float32) and ``present.N.key/value`` (past + new). Batch is 1. The cache keeps every position; the
+graph builds its own attention mask, so a sliding window applies past the window instead of being dropped.
 """
 
 from __future__ import annotations
@@ -160,11 +160,10 @@ def export_graph(model, *, dtype: str = "float32"):
     quiet_libraries()
     _quiet_onnx_logs()
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
+    from edgepack.exporters.onnx_model import PastPresentCausalLM
+
     model.to(torch_dtype)  # in place, module by module: no second full copy
-    # Eager attention: the one implementation every family supports (Gemma 2's soft-capping needs it) and
-    # the one that exports to plain MatMul/Softmax.
-    model.config._attn_implementation = "eager"
-    wrapper = _KVDecoder(model).eval()
+    wrapper = PastPresentCausalLM(model).eval()
     args = _example_inputs(model.config, torch_dtype)
     names = io_names(model.config.num_hidden_layers)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
@@ -266,7 +265,7 @@ def effective_window(config) -> int | None:
 def _example_inputs(config, dtype):
     import torch
 
-    batch, past, seq = 2, 3, 4  # distinct sizes, none 0 or 1, so that no dimension is traced as a constant
+    batch, past, seq = 1, 3, 4  # batch 1 (fixed in the graph); past and seq distinct, neither 0 nor 1
     kv = (batch, config.num_key_value_heads, past, head_dim(config))
     return (
         torch.ones(batch, seq, dtype=torch.long),
@@ -280,65 +279,13 @@ def _example_inputs(config, dtype):
 
 
 def _dynamic_axes(names) -> dict[str, dict[int, str]]:
-    tokens = {0: "batch_size", 1: "sequence_length"}
+    # Batch is 1: the graph's reshapes are written with constant sizes (see onnx_model).
+    tokens = {1: "sequence_length"}
     axes = {"input_ids": tokens, "position_ids": tokens, "logits": tokens}
-    axes["attention_mask"] = {0: "batch_size", 1: "total_sequence_length"}
-    axes.update({n: {0: "batch_size", 2: "past_sequence_length"} for n in names["inputs"][3:]})
-    axes.update({n: {0: "batch_size", 2: "total_sequence_length"} for n in names["outputs"][1:]})
+    axes["attention_mask"] = {1: "total_sequence_length"}
+    axes.update({n: {2: "past_sequence_length"} for n in names["inputs"][3:]})
+    axes.update({n: {2: "total_sequence_length"} for n in names["outputs"][1:]})
     return axes
-
-
-def _kv_decoder_class():
-    import torch
-    from transformers import DynamicCache
-
-    class KVDecoder(torch.nn.Module):
-        """Flat tensors in and out around the HF model; builds the (sliding-window) mask itself."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.m = model
-            config = model.config
-            self.window = effective_window(config)
-            # Families whose config lists layer_types take one mask per attention type.
-            self.per_type = getattr(config, "layer_types", None) is not None
-
-        def forward(self, input_ids, attention_mask, position_ids, past):
-            cache = DynamicCache()
-            for i, (k, v) in enumerate(past):
-                cache.update(k, v, i)
-            mask = self._masks(input_ids.shape[1], attention_mask)
-            out = self.m(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=position_ids,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            present = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-            return (out.logits.float(), *present)
-
-        def _masks(self, seq: int, attention_mask):
-            total = attention_mask.shape[1]
-            q = torch.arange(total - seq, total).view(-1, 1)
-            k = torch.arange(total).view(1, -1)
-            keep = (k <= q)[None, None] & attention_mask[:, None, None, :].bool()
-            full = self._additive(keep)
-            if self.window is None:
-                return {"full_attention": full, "sliding_attention": full} if self.per_type else full
-            sliding = self._additive(keep & (q - k < self.window)[None, None])
-            return {"full_attention": full, "sliding_attention": sliding} if self.per_type else sliding
-
-        def _additive(self, keep):
-            dtype = self.m.dtype
-            zeros = torch.zeros(keep.shape, dtype=dtype)
-            return zeros.masked_fill(~keep, torch.finfo(dtype).min)
-
-    return KVDecoder
-
-
-def _KVDecoder(model):
-    return _kv_decoder_class()(model)
 
 
 # --- quantization ---------------------------------------------------------------------------------------------
