@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -79,12 +80,11 @@ class _Geometry:
 def _install(lm, g: _Geometry) -> None:
     """Replace the forwards of ``lm``'s modules (instance attributes: the classes are untouched)."""
     decoder = lm.model
-    lm.forward = lambda *args: _lm_forward(lm, g, *args)
-    decoder.forward = lambda *args: _decoder_forward(decoder, g, *args)
+    lm.forward = partial(_lm_forward, lm, g)
+    decoder.forward = partial(_decoder_forward, decoder, g)
     for layer in decoder.layers:
-        layer.forward = (lambda layer: lambda *args: _layer_forward(layer, *args))(layer)
-        attn = layer.self_attn
-        attn.forward = (lambda attn: lambda *args: _attention_forward(attn, g, *args))(attn)
+        layer.forward = partial(_layer_forward, layer)
+        layer.self_attn.forward = partial(_attention_forward, layer.self_attn, g)
 
 
 def _lm_forward(lm, g, input_ids, attention_mask, position_ids, past):
