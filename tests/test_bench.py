@@ -44,6 +44,17 @@ def test_figures_are_positive_and_consistent(report, onnx_export):
     assert report.protocol["repeats"] == SMALL.repeats and report.machine["cpus"] >= 1
 
 
+def test_each_artifact_carries_the_memory_estimate_for_its_run(report, onnx_export):
+    """onnxruntime's cache grows, so the estimate is taken at the tokens the run held (prompt + decode)."""
+    from edgepack.memory import artifact_footprints
+
+    (m,) = report.results
+    ((_, footprint),) = artifact_footprints(onnx_export)
+    assert m.estimate_bytes == footprint.at(SMALL.prompt_tokens + SMALL.decode_tokens).total
+    ratio = m.estimate_bytes / (m.peak_rss_bytes - m.baseline_rss_bytes)
+    assert f"{ratio:.2f}" in format_table(report).splitlines()[3]  # head, blank, column names, the row
+
+
 def test_greedy_tokens_match_a_direct_decode(report, onnx_export):
     """The worker decodes what the runner decodes in this process: the figures come from real generation."""
     from edgepack.parity import open_runner

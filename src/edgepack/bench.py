@@ -64,6 +64,7 @@ class Measurement:
     decode_tokens_per_second: float | None = None
     peak_rss_bytes: int | None = None
     baseline_rss_bytes: int | None = None  # after importing the runtime, before loading the artifact
+    estimate_bytes: int | None = None  # edgepack.memory's estimate for this run (edgepack artifacts only)
     greedy: list[int] = field(default_factory=list)  # the first generated ids: a sanity check across runtimes
     runs: list[dict] = field(default_factory=list)  # each timed run's raw seconds
 
@@ -133,13 +134,16 @@ def bench(
     if not artifacts:
         raise ArtifactError(f"{root} holds no artifact for target(s) {', '.join(targets or [])}.")
     prompt = prompt_ids(root / "tokenizer", protocol.prompt_tokens)
+    estimates = _estimates(root, len(prompt) + protocol.decode_tokens) if record else {}
     load_before = _load_average()
     results = []
     for artifact in artifacts:
         say(f"bench[{artifact.target}]: {artifact.path}")
         spec = {"kind": "artifact", "export_dir": str(root.resolve()), "target": artifact.target}
         name = f"edgepack {artifact.target}"
-        results.append(run_isolated(name, spec, prompt, protocol, artifact_bytes(root, artifact.files)))
+        result = run_isolated(name, spec, prompt, protocol, artifact_bytes(root, artifact.files))
+        result.estimate_bytes = estimates.get(artifact.target)
+        results.append(result)
     for anchor in anchors:
         say(f"bench[anchor]: {anchor.name}")
         results.append(anchor.measure(prompt, protocol))
@@ -151,6 +155,17 @@ def bench(
         machine={**_machine(), "load_average_before": load_before, "load_average_after": _load_average()},
         results=results,
     )
+
+
+def _estimates(root: Path, tokens: int) -> dict[str, int]:
+    """edgepack.memory's estimate per target for this run: at the tokens the run holds where the cache grows
+    (onnxruntime), at the export's full cache where it is allocated up front (ExecuTorch, Core ML)."""
+    from edgepack.memory import artifact_footprints
+
+    return {
+        artifact.target: footprint.at(tokens if footprint.runtime == "onnxruntime" else artifact.max_seq_len).total
+        for artifact, footprint in artifact_footprints(root)
+    }
 
 
 def run_isolated(
@@ -362,7 +377,8 @@ def format_table(report: BenchReport) -> str:
         f"{report.model} {report.recipe}: prompt {p['prompt_tokens']} tokens, decode {p['decode_tokens']}, "
         f"median of {p['repeats']} (warm-up {p['warmup']}), threads {p['threads'] or report.machine['cpus']}"
     )
-    cols = ("artifact", "runtime", "MB", "TTFT ms", "prefill tok/s", "decode tok/s", "peak RSS MiB", "load s")
+    cols = ("artifact", "runtime", "MB", "TTFT ms", "prefill tok/s", "decode tok/s", "peak RSS MiB", "load s",
+            "estimate MiB", "est/(peak-base)")
     rows = [cols] + [_row(m) for m in report.results]
     widths = [max(len(r[i]) for r in rows if len(r) == len(cols)) for i in range(len(cols))]
     lines = [head, ""]
@@ -391,7 +407,16 @@ def _row(m: Measurement) -> tuple[str, ...]:
         f"{m.decode_tokens_per_second:.1f}",
         f"{m.peak_rss_bytes / 2**20:.0f}",
         f"{m.load_seconds:.2f}",
+        f"{m.estimate_bytes / 2**20:.0f}" if m.estimate_bytes else "",
+        _ratio(m),
     )
+
+
+def _ratio(m: Measurement) -> str:
+    """The memory estimate over the RSS the artifact added to the process (peak less the runtime's baseline)."""
+    if not m.estimate_bytes or not m.peak_rss_bytes or m.baseline_rss_bytes is None:
+        return ""
+    return f"{m.estimate_bytes / (m.peak_rss_bytes - m.baseline_rss_bytes):.2f}"
 
 
 def _main(argv: list[str]) -> int:
