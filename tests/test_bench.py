@@ -112,6 +112,10 @@ def test_smollm2_int4_block32_on_both_runtimes(smollm2_int4):
         assert m.ok, m.error
         assert m.decode_tokens_per_second > 5 and 30e6 < m.bytes < 200e6
         assert m.peak_rss_bytes > m.baseline_rss_bytes
+        # edgepack.memory's estimate against what the runtime really took (docs/memory.md states the figures)
+        ratio = m.estimate_bytes / (m.peak_rss_bytes - m.baseline_rss_bytes)
+        assert 0.6 < ratio < 1.6, f"{m.name}: estimate / measured = {ratio:.2f}"
+    print(format_table(result))
     # Each runtime decoded every token it was asked for. (Their greedy tokens are not compared: torchao's and
     # onnxruntime's int4 round differently, and parity shows SmolLM2 diverging after a few tokens under int4.)
     for m in by_name.values():
