@@ -52,7 +52,7 @@ class RuntimeCost:
 # 1024 tokens and + 226 MiB at 512 (prepacked MatMulNBits copies, the arena), i.e. a base of about 160 MiB once
 # the activations term is taken off. ExecuTorch and Core ML: assumptions (ExecuTorch runs the .pte's buffers in
 # place, with no arena of its own; Core ML loads a compiled copy of the model). ExecuTorch's total was then
-# checked, untuned, on SmolLM2 int4-block32 at 2048 positions: 0.81-0.87 of the measured peak (docs/memory.md).
+# checked, untuned, on SmolLM2 int4-block32 at 2048 positions: 0.81-0.88 of the measured peak (docs/memory.md).
 RUNTIMES = {
     "executorch": RuntimeCost(40 * MIB),
     "onnxruntime": RuntimeCost(160 * MIB),
