@@ -92,8 +92,6 @@ def compute_name(compute: str) -> str:
     return "fp16" if compute == "float16" else "fp32"
 
 
-
-
 # --- conversion -------------------------------------------------------------------------------------------
 
 

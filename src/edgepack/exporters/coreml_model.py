@@ -130,16 +130,13 @@ def project_qkv(attn, x, q_size, kv_size):
     return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
 
 
-def rotate_half(x):
-    half = x.shape[-1] // 2  # static under tracing: head dims are fixed
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def apply_rope(x, cos, sin, rot: int, head_dim: int):
-    if rot == head_dim:
-        return x * cos + rotate_half(x) * sin
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
-    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+    """Rotary embedding on the first ``rot`` of ``head_dim`` dims. The sizes are Python ints, so tracing records
+    constant slices (the ONNX graph gets no Shape arithmetic for them)."""
+    half = rot // 2
+    x_rot = x[..., :rot] if rot < head_dim else x
+    out = x_rot * cos + torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1) * sin
+    return torch.cat((out, x[..., rot:]), dim=-1) if rot < head_dim else out
 
 
 def sliding_mask(start, end, window: int):

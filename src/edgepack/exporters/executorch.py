@@ -5,8 +5,9 @@ Stages: quantize per recipe (``edgepack.quantize``, torchao) -> wrap the model o
 ``to_edge_transform_and_lower`` with the XNNPACK partitioner -> ``to_executorch`` -> ``model.pte``.
 
 Program interface: ``forward(input_ids [1, n], cache_position [n]) -> logits [1, n, vocab]``, where n is 1..
-``request.prefill_chunk`` (128 by default): a prompt is prefilled in chunks, decoding feeds one token at a time. Bounding n bounds the activations ExecuTorch's memory planner reserves (it plans for the largest n: with
-n up to max_seq_len, SmolLM2's logits alone would take 400 MB at 2048 positions). The KV cache lives in mutable
+``request.prefill_chunk`` (128 by default): a prompt is prefilled in chunks, decoding feeds one token at a time.
+Bounding n bounds the activations ExecuTorch's memory planner reserves (it plans for the largest n: with n up to
+max_seq_len, SmolLM2's logits alone would take 400 MB at 2048 positions). The KV cache lives in mutable
 buffers serialized as zeros (device runtimes need not zero their memory). A sliding window is applied by a mask
 over the full-length cache. Constant methods carry what the runner needs (``constant_methods``), with the LLM
 runner's meaning: ``get_max_seq_len`` is the most tokens per call, ``get_max_context_len`` the cache length.
@@ -81,7 +82,7 @@ def export_program(model, max_seq_len: int, chunk: int):
             # Non-strict: the cache object and the registered attention function are plain Python, which
             # non-strict tracing runs as is.
             return torch.export.export(wrapper, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
-    except Exception as exc:
+    except Exception as exc:  # torch.export raises many types; name the stage and the cause
         raise ExportError(f"torch.export of {type(model).__name__} failed: {type(exc).__name__}: {exc}") from exc
 
 
@@ -106,7 +107,7 @@ def lower_to_pte(program, metadata: dict, path: Path) -> int:
         )
         et = edge.to_executorch(config)
         del edge
-    except Exception as exc:
+    except Exception as exc:  # lowering raises many types; name the stage and the cause
         raise ExportError(f"ExecuTorch lowering failed: {type(exc).__name__}: {exc}") from exc
     with path.open("wb") as fh:
         et.write_to_file(fh)

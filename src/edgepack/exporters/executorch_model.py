@@ -36,10 +36,12 @@ def load_custom_ops() -> None:
 class InPlaceCache:
     """What the model sees as ``past_key_values``: per layer K/V buffers (owned by ``CausalLMWithCache``)."""
 
-    is_compileable = True
+    is_compileable = True  # a static-size cache, as transformers' masking code asks of caches
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
-        self.keys, self.values = keys, values
+    def __init__(self):
+        # Set by the wrapper's forward on every call (export swaps in its own tensors for the buffers).
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
         self.start: torch.SymInt | int = 0  # the chunk's first position, set by the wrapper's forward
         self.positions: torch.Tensor | None = None  # [n] the chunk's positions
 
@@ -108,7 +110,7 @@ class CausalLMWithCache(nn.Module):
             for name in CACHE_BUFFERS:
                 self.register_buffer(f"{name}_{i}", torch.zeros(1, max_seq_len, kv_heads, head_dim, dtype=dtype))
         self.num_layers = text.num_hidden_layers
-        self.cache = cache = InPlaceCache([], [])
+        self.cache = cache = InPlaceCache()
         AttentionInterface.register(ATTENTION, lambda *a, **k: attention(*a, cache=cache, **k))
         model.set_attn_implementation(ATTENTION)
 

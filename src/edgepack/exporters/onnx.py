@@ -1,8 +1,9 @@
 """The ONNX target: a KV-cache decoder in the onnxruntime-genai layout, quantized with onnxruntime's own tools.
 
-Stages: cast (fp32, or fp16 for an fp16 recipe) -> trace ``onnx_model.PastPresentCausalLM`` with torch.onnx.export
-(TorchScript, opset 20) + onnxruntime's basic optimizations -> quantize per recipe (MatMulNBits for linear layers, GatherBlockQuantized for the embedding) -> save (external data past 2 GB) ->
-genai_config.json + tokenizer files beside the model, so that onnxruntime-genai runs the folder as it is.
+Stages: cast (fp32, or fp16 for an fp16 recipe) -> trace ``onnx_model.PastPresentCausalLM`` with
+torch.onnx.export (TorchScript, opset 20) + onnxruntime's basic optimizations -> quantize per recipe (MatMulNBits
+for linear layers, GatherBlockQuantized for the embedding) -> save (external data past 2 GB) -> genai_config.json
++ tokenizer files beside the model, so that onnxruntime-genai runs the folder as it is.
 
 Graph interface (the optimum / onnxruntime-genai layout): inputs ``input_ids``, ``attention_mask`` (over past +
 new tokens), ``position_ids``, ``past_key_values.N.key/value`` [1, kv_heads, past, head_dim]; outputs
@@ -88,8 +89,6 @@ class OnnxExporter:
 # --- recipe translation -------------------------------------------------------------------------------------
 
 
-
-
 def _unhonoured_setting(where: str, quant, dtype: str) -> list[str]:
     lines = []
     kept = "fp16" if dtype == "float16" else "fp32"
@@ -122,8 +121,8 @@ def nbits_for(quant) -> NBits | None:
     """The onnxruntime setting for a WeightQuant; None keeps the weight float."""
     if quant is None or quant.is_float:
         return None
-    # 8-bit weight-only is honoured although slow on CPU (see above MIN_ORT): recipes that want speed ask for int8
-    # activations, which accuracy_level 4 gives.
+    # 8-bit weight-only is honoured although slow on CPU (see above MIN_ORT): recipes that want speed ask
+    # for int8 activations, which accuracy_level 4 gives.
     accuracy = 4 if quant.activations == "int8_dynamic" else None
     return NBits(quant.bits, quant.group_size, quant.symmetric, accuracy)
 
@@ -153,12 +152,11 @@ def export_graph(model, *, dtype: str = "float32"):
     import torch
 
     from edgepack.cli._common import quiet_libraries
+    from edgepack.exporters.onnx_model import PastPresentCausalLM
 
     quiet_libraries()
     _quiet_onnx_logs()
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
-    from edgepack.exporters.onnx_model import PastPresentCausalLM
-
     model.to(torch_dtype)  # in place, module by module: no second full copy
     wrapper = PastPresentCausalLM(model).eval()
     args = _example_inputs(model.config, torch_dtype)

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from edgepack.exporters.coreml_model import layer_windows, project_qkv
+from edgepack.exporters.coreml_model import apply_rope, layer_windows, project_qkv
 
 
 class PastPresentCausalLM(nn.Module):
@@ -140,7 +140,7 @@ def _attention_forward(attn, g, x, rope, mask, past):
     v = v.reshape(1, -1, kv, d).transpose(1, 2)
     if hasattr(attn, "q_norm"):
         q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = _rope(q, *rope, d), _rope(k, *rope, d)
+    q, k = apply_rope(q, *rope, d), apply_rope(k, *rope, d)
     keys = torch.cat([past[0], k], dim=2)
     values = torch.cat([past[1], v], dim=2)
     # Grouped-query attention without copying K/V: the heads of one group share a batch slot.
@@ -151,11 +151,3 @@ def _attention_forward(attn, g, x, rope, mask, past):
     out = torch.matmul(probs, values).reshape(1, heads, -1, d).transpose(1, 2)
     return attn.o_proj(out.reshape(1, -1, heads * d)), keys, values
 
-
-def _rope(x, cos, sin, rot: int, d: int):
-    """Rotary embedding on the first ``rot`` of ``d`` dims; the sizes are Python ints, so slices are constant."""
-    half = rot // 2
-    x_rot = x[..., :rot] if rot < d else x
-    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
-    out = x_rot * cos + rotated * sin
-    return torch.cat((out, x[..., rot:]), dim=-1) if rot < d else out
