@@ -125,6 +125,22 @@ def test_graph_interface_is_the_genai_layout(exports):
     assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
+def test_graph_carries_no_per_layer_shape_arithmetic(tiny_checkpoint):
+    """The decode-speed fix, structurally: reshapes have constant sizes, masks are built once per call and
+    grouped-query attention reads K/V in place, so doubling the layers adds no Shape and no Expand node."""
+    import collections
+
+    from edgepack.checkpoint import resolve
+    from edgepack.exporters.onnx import export_graph
+
+    counts = {}
+    for layers in (2, 4):
+        proto = export_graph(resolve(tiny_checkpoint("llama", num_hidden_layers=layers)).load_model())
+        counts[layers] = collections.Counter(n.op_type for n in proto.graph.node)
+    assert counts[2]["Shape"] == counts[4]["Shape"] <= 3
+    assert counts[2]["Expand"] == counts[4]["Expand"] == 0
+
+
 def test_genai_config_describes_the_model(exports):
     checkpoint, artifact, root = exports("gemma2")
     folder = root / "onnx"
