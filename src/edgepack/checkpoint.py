@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from edgepack.architectures import ArchSpec, spec_for
+from edgepack.architectures import WRAPPERS, ArchSpec, Wrapper, spec_for
 from edgepack.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -30,6 +30,13 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Rope types whose cos/sin tables depend only on the position, so an export can fix them as tables. "dynamic"
+# (NTK) re-derives its frequencies from the sequence length at run time, which no exported table can follow.
+STATIC_ROPE_TYPES = ("default", "linear", "yarn", "llama3", "longrope")
+FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
+# Tensors of fine-grained FP8 checkpoints that are not weights: the dequantization scale of a weight and the
+# static activation scales (unused once the weights are dequantized; the recipe decides activations).
+SCALE_SUFFIXES = ("_scale_inv", ".activation_scale", ".input_scale")
 
 
 @dataclass
@@ -42,12 +49,52 @@ class Checkpoint:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    wrapper: Wrapper | None = None  # a multimodal checkpoint whose text decoder is exported (mistral3)
 
     @cached_property
     def config(self):
+        """The transformers config of what is exported: the text decoder's, for a multimodal wrapper."""
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        config = AutoConfig.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        if self.wrapper is None:
+            return config
+        text = config.get_text_config()
+        text.dtype = text.dtype or config.dtype
+        return text
+
+    @property
+    def text_config_dict(self) -> dict[str, Any]:
+        """config.json's settings of the exported decoder (``text_config`` for a multimodal wrapper)."""
+        if self.wrapper is None:
+            return self.config_dict
+        return {"dtype": self.config_dict.get("dtype") or self.config_dict.get("torch_dtype"),
+                **self.config_dict["text_config"]}  # fmt: skip
+
+    @property
+    def quantization(self) -> dict[str, Any]:
+        return self.config_dict.get("quantization_config") or {}
+
+    @property
+    def source_precision(self) -> str:
+        """How the weights are stored: "fp8" for fine-grained FP8 checkpoints, else the dtype."""
+        return "fp8" if self.quantization.get("quant_method") == "fp8" else self.dtype
+
+    @property
+    def rope(self) -> dict[str, Any]:
+        """The decoder's rope settings (``rope_parameters``, or the older ``rope_scaling``), rope_type included."""
+        cfg = self.text_config_dict
+        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        rope["rope_type"] = rope.get("rope_type") or rope.get("type") or "default"
+        rope.setdefault("rope_theta", cfg.get("rope_theta"))
+        return rope
+
+    @property
+    def not_exported(self) -> dict[str, str]:
+        """Parts of the checkpoint the export leaves out: name -> what it is and why."""
+        if self.wrapper is None:
+            return {}
+        return {name: f"{what}: {self.wrapper.reason}" for name, what in self.wrapper.not_exported.items()}
 
     @property
     def model_id(self) -> str:
@@ -55,15 +102,16 @@ class Checkpoint:
 
     @property
     def dtype(self) -> str:
-        return str(self.config_dict.get("dtype") or self.config_dict.get("torch_dtype") or "float32")
+        cfg = self.text_config_dict
+        return str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
 
     @property
     def context_length(self) -> int:
-        return int(self.config_dict.get("max_position_embeddings") or 2048)
+        return int(self.text_config_dict.get("max_position_embeddings") or 2048)
 
     @property
     def sliding_window(self) -> int | None:
-        window = self.config_dict.get("sliding_window")
+        window = self.text_config_dict.get("sliding_window")
         return int(window) if window else None
 
     @property
@@ -83,15 +131,27 @@ class Checkpoint:
 
     @cached_property
     def num_parameters(self) -> int:
-        return sum(_count_params(f) for f in self.weight_files if f.suffix == ".safetensors")
+        """Parameters of what is exported (a wrapper's vision parts and FP8 scale tensors are not counted)."""
+        return sum(_count_params(f, self.is_exported) for f in self.weight_files if f.suffix == ".safetensors")
+
+    def is_exported(self, name: str) -> bool:
+        if name.endswith(SCALE_SUFFIXES):
+            return False
+        return self.wrapper is None or self.wrapper.text_name(name) is not None
 
     def load_model(self, dtype: str | None = None, attn_implementation: str | None = None):
-        """The eager transformers model, in eval mode, in the checkpoint's dtype unless ``dtype`` is given.
+        """The eager transformers causal LM (the text decoder of a multimodal wrapper), in eval mode, in the
+        checkpoint's dtype unless ``dtype`` is given (FP8 weights: bfloat16).
 
-        ``attn_implementation`` None lets transformers choose per family (sdpa where supported).
-        The parity reference passes ``attn_implementation="eager"``: it is the one every family implements in
-        full (Gemma 2's attention soft-capping, for one, exists only there).
+        safetensors checkpoints stream tensor by tensor into an empty model (``edgepack.weights``): FP8 is
+        dequantized per tensor, nothing is held twice. ``attn_implementation`` None lets transformers choose per
+        family (sdpa where supported). The parity reference passes ``attn_implementation="eager"``: it is the one
+        every family implements in full (Gemma 2's attention soft-capping, for one, exists only there).
         """
+        if all(f.suffix == ".safetensors" for f in self.weight_files):
+            from edgepack.weights import load_streaming
+
+            return load_streaming(self, dtype, attn_implementation)
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -141,9 +201,14 @@ def _check_folder(
             f"{path} needs custom code (auto_map in config.json). edgepack did not run it; "
             "review the code and pass --trust-remote-code to allow it."
         )
-    spec = spec_for(_ConfigView(config_dict))
+    wrapper = WRAPPERS.get(config_dict["model_type"]) if config_dict.get("model_type") in WRAPPERS else None
+    text_dict = _text_config(path, config_dict, wrapper)
+    spec = spec_for(_ConfigView(text_dict))
     weights = _weight_files(path, allow_pickle)
-    return Checkpoint(source, path, config_dict, spec, weights, allow_pickle, trust_remote_code, extra)
+    checkpoint = Checkpoint(source, path, config_dict, spec, weights, allow_pickle, trust_remote_code, extra, wrapper)
+    _check_rope(path, checkpoint.rope)
+    _check_quantization(path, checkpoint)
+    return checkpoint
 
 
 class _ConfigView:
@@ -152,6 +217,48 @@ class _ConfigView:
     def __init__(self, d: dict):
         self.model_type = d.get("model_type")
         self.architectures = d.get("architectures")
+
+
+def _text_config(path: Path, config_dict: dict, wrapper: Wrapper | None) -> dict:
+    if wrapper is None:
+        return config_dict
+    text = config_dict.get("text_config")
+    if not isinstance(text, dict) or not text.get("model_type"):
+        raise CheckpointError(
+            f"{path / 'config.json'} is a {wrapper.model_type} (multimodal) config without a text_config naming "
+            "the language model's model_type. Re-download the checkpoint's config.json."
+        )
+    return text
+
+
+def _check_rope(path: Path, rope: dict) -> None:
+    kind = rope["rope_type"]
+    if kind not in STATIC_ROPE_TYPES:
+        raise CheckpointError(
+            f"{path / 'config.json'} asks for rope type {kind!r}, which edgepack cannot export (supported: "
+            f"{', '.join(STATIC_ROPE_TYPES)}). Use a checkpoint with one of those rope types."
+        )
+
+
+def _check_quantization(path: Path, checkpoint: Checkpoint) -> None:
+    """Pre-quantized checkpoints: FP8 (dequantized while loading) is read; every FP8 tensor needs its scale."""
+    method = checkpoint.quantization.get("quant_method")
+    if method not in (None, "fp8"):
+        raise CheckpointError(
+            f"{path} is pre-quantized with {method!r}, which edgepack does not read (it reads bf16, fp16, fp32 and "
+            "fine-grained fp8). Pass the unquantized checkpoint; edgepack quantizes with the recipe."
+        )
+    headers = {}
+    for f in checkpoint.weight_files:
+        if f.suffix == ".safetensors":
+            headers.update({k: v for k, v in check_safetensors(f).items() if k != "__metadata__"})
+    missing = [k for k, t in headers.items() if t["dtype"] in FP8_DTYPES and f"{k}_scale_inv" not in headers]
+    if missing:
+        raise CheckpointError(
+            f"{path} has FP8 tensors without their scale ({', '.join(missing[:3])}"
+            f"{f' and {len(missing) - 3} more' if len(missing) > 3 else ''} lack *_scale_inv), so they cannot be "
+            "dequantized. The checkpoint is incomplete: re-download it."
+        )
 
 
 def _read_config(path: Path) -> dict:
@@ -225,11 +332,11 @@ def check_safetensors(path: Path) -> dict:
     return header
 
 
-def _count_params(path: Path) -> int:
+def _count_params(path: Path, keep) -> int:
     import math
 
     header = check_safetensors(path)
-    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__" and keep(k))
 
 
 def _download(repo_id: str, allow_pickle: bool) -> Path:

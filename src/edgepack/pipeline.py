@@ -181,7 +181,7 @@ def write_export_record(root: Path, checkpoint: Checkpoint, recipe: Recipe, max_
 
 def checkpoint_record(checkpoint: Checkpoint) -> dict:
     """What the manifest, parity and memory planning need to know of the checkpoint, without loading it."""
-    cfg = checkpoint.config_dict
+    cfg = checkpoint.text_config_dict
     heads = cfg.get("num_attention_heads")
     hidden = cfg.get("hidden_size")
     return {
@@ -190,10 +190,14 @@ def checkpoint_record(checkpoint: Checkpoint) -> dict:
         "model_id": checkpoint.model_id,
         "architecture": checkpoint.spec.name,
         "model_type": cfg.get("model_type"),
-        "hf_architectures": cfg.get("architectures"),
-        "license": cfg.get("license"),
+        "hf_architectures": checkpoint.config_dict.get("architectures"),
+        "wrapper": checkpoint.wrapper.model_type if checkpoint.wrapper else None,
+        "not_exported": checkpoint.not_exported,
+        "license": checkpoint.config_dict.get("license"),
         "num_parameters": checkpoint.num_parameters,
         "dtype": checkpoint.dtype,
+        "source_precision": checkpoint.source_precision,
+        "rope": checkpoint.rope,
         "weights_digest": checkpoint.weights_digest,
         "context_length": checkpoint.context_length,
         "sliding_window": checkpoint.sliding_window,

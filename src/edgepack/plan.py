@@ -209,7 +209,7 @@ def _model_config(model: Any, num_parameters: int | None) -> tuple[dict, int | N
         from edgepack.checkpoint import resolve
 
         model = resolve(model)
-    return model.config_dict, num_parameters or model.num_parameters
+    return model.text_config_dict, num_parameters or model.num_parameters
 
 
 def _gib(n: int) -> str:

@@ -71,3 +71,122 @@ def build_tiny_checkpoint(arch: str, out: Path, *, seed: int = 0, dtype: str = "
         )
     )
     return out
+
+
+# --- Ministral 3 as it ships: the mistral3 vision-language wrapper, FP8 or BF16, tekken ------------------------
+
+TEKKEN_SOURCE = "tekken_240911.json"  # a real tekken file from the mistral-common wheel
+TEKKEN_SPECIALS = 1000  # tekken reserves the first 1000 ids for control tokens
+TINY_TEKKEN_VOCAB = TEKKEN_SPECIALS + 536  # the 256 bytes and the first 280 merges
+
+
+def tiny_mistral3_config(**text_overrides):
+    from transformers import Mistral3Config, PixtralVisionConfig
+
+    from edgepack.architectures.mistral import tiny_ministral3
+
+    text = tiny_ministral3(**{"vocab_size": TINY_TEKKEN_VOCAB, "bos_token_id": 1, "eos_token_id": 2,
+                              "pad_token_id": 11, **text_overrides})  # fmt: skip
+    vision = PixtralVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, head_dim=16,
+        image_size=32, patch_size=8,
+    )  # fmt: skip
+    return Mistral3Config(text_config=text, vision_config=vision, image_token_index=10, spatial_merge_size=2)
+
+
+def build_tiny_mistral3(out: Path, *, fp8: str | None = None, seed: int = 0, block: int = 32) -> Path:
+    """A random tiny ``Mistral3ForConditionalGeneration`` folder in the hub's layout.
+
+    Tensor names as the hub ships them (``language_model.model.*``, ``vision_tower.*``,
+    ``multi_modal_projector.*``), in two shards with an index (the decoder's FP8 scales in the second shard, so
+    a loader must look across shards). ``fp8``: None (bf16), "tensor" (one ``weight_scale_inv`` per tensor, as
+    Ministral 3 Instruct ships) or "block" (``weight_block_size`` [block, block]); static ``activation_scale``
+    tensors as the real checkpoints carry. Tokenizer: a truncated copy of a real tekken.json.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Mistral3ForConditionalGeneration
+
+    config = tiny_mistral3_config()
+    torch.manual_seed(seed)
+    model = Mistral3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.08)
+    text, rest = {}, {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.text_config.tie_word_embeddings:
+            continue
+        hub = _hub_name(name)
+        tensor = tensor.to(torch.bfloat16).contiguous()
+        if fp8 and hub.startswith("language_model.") and hub.endswith("proj.weight"):
+            codes, scale = _to_fp8(tensor, block if fp8 == "block" else None)
+            text[hub], rest[f"{hub}_scale_inv"] = codes, scale
+            rest[hub.replace(".weight", ".activation_scale")] = torch.tensor(0.05, dtype=torch.bfloat16)
+        else:
+            (text if hub.startswith("language_model.") else rest)[hub] = tensor
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = {"model-00001-of-00002.safetensors": text, "model-00002-of-00002.safetensors": rest}
+    for name, tensors in shards.items():
+        save_file(tensors, str(out / name), metadata={"format": "pt"})
+    weight_map = {k: name for name, tensors in shards.items() for k in tensors}
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+    cfg = config.to_dict()
+    cfg["dtype"] = cfg["text_config"]["dtype"] = cfg["vision_config"]["dtype"] = "bfloat16"
+    if fp8:
+        cfg["quantization_config"] = {
+            "quant_method": "fp8", "activation_scheme": "static",
+            "weight_block_size": [block, block] if fp8 == "block" else None,
+            "modules_to_not_convert": ["model.vision_tower", "model.multi_modal_projector", "lm_head"],
+        }  # fmt: skip
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 11}))
+    write_tiny_tekken(out / "tekken.json")
+    return out
+
+
+def _hub_name(name: str) -> str:
+    """transformers 5's names -> the names in the hub's Ministral 3 safetensors."""
+    if name.startswith("model.language_model."):
+        return "language_model.model." + name[len("model.language_model."):]
+    if name.startswith("lm_head."):
+        return "language_model." + name
+    return name.removeprefix("model.")
+
+
+def _to_fp8(weight, block: int | None):
+    """Fine-grained FP8 codes and ``weight_scale_inv`` (the dequantization multiplier), per tensor or per block."""
+    import torch
+
+    w = weight.float()
+    fmax = torch.finfo(torch.float8_e4m3fn).max
+    if block is None:
+        scale = w.abs().max() / fmax
+        return (w / scale).to(torch.float8_e4m3fn), scale.to(torch.float32)
+    rows, cols = w.shape
+    blocks = w.reshape(rows // block, block, cols // block, block)
+    scale = blocks.abs().amax(dim=(1, 3)) / fmax
+    codes = (blocks / scale[:, None, :, None]).reshape(rows, cols).to(torch.float8_e4m3fn)
+    return codes, scale.to(torch.float32)
+
+
+def write_tiny_tekken(path: Path, vocab_size: int = TINY_TEKKEN_VOCAB) -> Path:
+    """A truncated copy of the real tekken.json in mistral-common's wheel, in the current file format
+    (``special_tokens`` listed, version v13 as Ministral 3's), sized to ``vocab_size`` ids."""
+    import mistral_common
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    source = Path(mistral_common.__file__).parent / "data" / TEKKEN_SOURCE
+    data = json.loads(source.read_text(encoding="utf-8"))
+    inner = vocab_size - TEKKEN_SPECIALS
+    specials = [{**t, "token_str": str(getattr(t["token_str"], "value", t["token_str"]))}
+                for t in Tekkenizer.DEPRECATED_SPECIAL_TOKENS]  # fmt: skip
+    data["vocab"] = data["vocab"][:inner]
+    data["special_tokens"] = specials
+    data["config"].update(num_vocab_tokens=inner, default_vocab_size=vocab_size,
+                          default_num_special_tokens=TEKKEN_SPECIALS, version="v13")  # fmt: skip
+    data.pop("image", None)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path

@@ -22,10 +22,42 @@ class ArchSpec:
     tiny_config: Callable[..., Any]  # () -> transformers PretrainedConfig with a few layers, hidden 64
     features: frozenset[str] = field(default_factory=frozenset)
     # features: sliding_window, attention_bias, qk_norm, fused_qkv, gemma_norm, scaled_embedding,
-    # logit_softcap, tied_embeddings, local_global_attention
+    # logit_softcap, tied_embeddings, local_global_attention, yarn_rope, llama4_query_scaling
+
+
+@dataclass(frozen=True)
+class Wrapper:
+    """A multimodal checkpoint whose text decoder edgepack exports (e.g. ``mistral3``: Ministral 3).
+
+    The decoder's settings sit in the config's ``text_config`` and its tensors under one of ``text_prefixes``;
+    the tensors under ``not_exported`` are skipped while loading, and manifests and ``inspect`` say why.
+    """
+
+    model_type: str
+    hf_architectures: tuple[str, ...]
+    text_prefixes: tuple[str, ...]  # e.g. "language_model.model." -> the decoder's "model."
+    lm_heads: tuple[str, ...]  # e.g. "language_model.lm_head." -> "lm_head."
+    not_exported: dict[str, str]  # tensor-name prefix -> what it is
+    reason: str
+
+    def text_name(self, name: str) -> str | None:
+        """The text decoder's name for a checkpoint tensor, or None for a tensor that is not exported."""
+        for prefix in self.text_prefixes:
+            if name.startswith(prefix):
+                return "model." + name[len(prefix):]
+        for prefix in self.lm_heads:
+            if name.startswith(prefix):
+                return "lm_head." + name[len(prefix):]
+        if any(name.startswith(p) or name.startswith("model." + p) for p in self.not_exported):
+            return None
+        raise CheckpointError(
+            f"Tensor {name!r} is neither in the {self.model_type} text decoder nor in its vision parts "
+            f"({', '.join(self.not_exported)}). The checkpoint's layout is not the one edgepack knows."
+        )
 
 
 ARCHITECTURES: Registry[ArchSpec] = Registry("architecture", CheckpointError)
+WRAPPERS: Registry[Wrapper] = Registry("multimodal wrapper", CheckpointError)
 
 
 def register(spec: ArchSpec) -> ArchSpec:
@@ -34,14 +66,20 @@ def register(spec: ArchSpec) -> ArchSpec:
     return spec
 
 
+def register_wrapper(wrapper: Wrapper) -> Wrapper:
+    WRAPPERS.add(wrapper.model_type, wrapper)
+    return wrapper
+
+
 def spec_for(config: Any) -> ArchSpec:
     """The spec for a loaded HF config; an unsupported one names itself and lists what is supported."""
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHITECTURES:
         archs = ", ".join(getattr(config, "architectures", None) or [str(model_type)])
+        supported = ARCHITECTURES.names() + [f"{w} (its text decoder)" for w in WRAPPERS.names()]
         raise CheckpointError(
             f"Architecture {archs} (model_type {model_type!r}) is not supported. "
-            f"Supported model types: {', '.join(ARCHITECTURES.names())}."
+            f"Supported model types: {', '.join(supported)}."
         )
     return ARCHITECTURES.get(model_type)
 

@@ -248,7 +248,7 @@ def add_metadata(mlmodel, request: ExportRequest, compute: str, layout: dict) ->
     import edgepack
 
     checkpoint, recipe = request.checkpoint, request.recipe
-    config = checkpoint.config_dict
+    config = checkpoint.text_config_dict
     mlmodel.author = "edgepack"
     mlmodel.version = edgepack.__version__
     mlmodel.short_description = (
@@ -267,7 +267,7 @@ def add_metadata(mlmodel, request: ExportRequest, compute: str, layout: dict) ->
         {
             "co.huggingface.exporters.name": checkpoint.model_id,
             "co.huggingface.exporters.task": "text-generation",
-            "co.huggingface.exporters.architecture": ",".join(config.get("architectures") or []),
+            "co.huggingface.exporters.architecture": ",".join(checkpoint.config_dict.get("architectures") or []),
             "co.huggingface.exporters.framework": "pytorch",
             "co.huggingface.exporters.precision": compute,
             "edgepack.version": edgepack.__version__,

@@ -52,11 +52,16 @@ class StatefulCausalLM(nn.Module):
         for kind, (cos, sin) in tables.items():
             self.register_buffer(f"rope_cos_{kind}", cos, persistent=False)
             self.register_buffer(f"rope_sin_{kind}", sin, persistent=False)
+        self.query_scaling = query_scaling(config)
+        if self.query_scaling:  # a table like the rope's: the program only slices it
+            positions = torch.arange(self.cache_len)
+            self.register_buffer("query_scale", query_scale(positions, self.query_scaling), persistent=False)
 
     def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:
         q_len, end = inputIds.shape[-1], causalMask.shape[-1]
         start = end - q_len
         hidden = self.model.embed_tokens(inputIds)
+        qscale = self.query_scale[start:end] if self.query_scaling else None
         window_masks = {}
         for i, layer in enumerate(self.model.layers):
             window = self.windows[i]
@@ -68,15 +73,15 @@ class StatefulCausalLM(nn.Module):
                 getattr(self, f"rope_cos_{kind}")[start:end],
                 getattr(self, f"rope_sin_{kind}")[start:end],
             )
-            hidden = self._layer(i, layer, hidden, rope, mask, start, end)
+            hidden = self._layer(i, layer, hidden, rope, mask, start, end, qscale)
         logits = self.lm_head(self.model.norm(hidden))
         if self.final_softcap:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         return logits
 
-    def _layer(self, i, layer, hidden, rope, mask, start, end):
+    def _layer(self, i, layer, hidden, rope, mask, start, end, qscale):
         gemma_style = hasattr(layer, "pre_feedforward_layernorm")
-        attn_out = self._attention(i, layer.self_attn, layer.input_layernorm(hidden), rope, mask, start, end)
+        attn_out = self._attention(i, layer.self_attn, layer.input_layernorm(hidden), rope, mask, start, end, qscale)
         if gemma_style:
             hidden = hidden + layer.post_attention_layernorm(attn_out)
             mlp_out = layer.mlp(layer.pre_feedforward_layernorm(hidden))
@@ -84,7 +89,7 @@ class StatefulCausalLM(nn.Module):
         hidden = hidden + attn_out
         return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
-    def _attention(self, i, attn, x, rope, mask, start, end):
+    def _attention(self, i, attn, x, rope, mask, start, end, qscale):
         q_len, d, kv, rep = x.shape[1], self.head_dim, self.num_kv_heads, self.num_heads // self.num_kv_heads
         q, k, v = project_qkv(attn, x, self.num_heads * d, kv * d)
         q = q.view(1, q_len, self.num_heads, d).transpose(1, 2)
@@ -93,6 +98,8 @@ class StatefulCausalLM(nn.Module):
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = apply_rope(q, *rope, self.rotary_dim, d), apply_rope(k, *rope, self.rotary_dim, d)
+        if qscale is not None:
+            q = q * qscale
         keys = self._update(self.keyCache, i, k, start, end)
         values = self._update(self.valueCache, i, v, start, end)
         # Grouped-query attention without copying K/V: heads of one group share a batch slot.
@@ -137,6 +144,20 @@ def apply_rope(x, cos, sin, rot: int, head_dim: int):
     x_rot = x[..., :rot] if rot < head_dim else x
     out = x_rot * cos + torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1) * sin
     return torch.cat((out, x[..., rot:]), dim=-1) if rot < head_dim else out
+
+
+def query_scaling(config) -> tuple[float, int] | None:
+    """Ministral 3's Llama-4 query scaling as (beta, original_max_position_embeddings), or None."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    beta = rope.get("llama_4_scaling_beta")
+    return (float(beta), int(rope["original_max_position_embeddings"])) if beta else None
+
+
+def query_scale(positions: torch.Tensor, scaling: tuple[float, int]) -> torch.Tensor:
+    """[n, 1] multipliers of the (rotated) queries at ``positions``: 1 + beta * log(1 + floor(p / original)),
+    so attention sharpens a little every ``original`` positions (transformers' ``get_llama_4_attn_scale``)."""
+    beta, original = scaling
+    return (1 + beta * torch.log(1 + torch.floor(positions / original)))[:, None]
 
 
 def sliding_mask(start, end, window: int):

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from edgepack.exporters.coreml_model import apply_rope, layer_windows, project_qkv
+from edgepack.exporters.coreml_model import apply_rope, layer_windows, project_qkv, query_scale, query_scaling
 
 
 class PastPresentCausalLM(nn.Module):
@@ -57,6 +57,7 @@ class PastPresentCausalLM(nn.Module):
             rotary_dims=widths,
             attn_softcap=getattr(config, "attn_logit_softcapping", None),
             final_softcap=getattr(config, "final_logit_softcapping", None),
+            query_scaling=query_scaling(config),
         )
         _install(hf_model, geometry)
 
@@ -75,6 +76,7 @@ class _Geometry:
     rotary_dims: dict
     attn_softcap: float | None
     final_softcap: float | None
+    query_scaling: tuple[float, int] | None  # Ministral 3's Llama-4 query scaling by position
 
 
 def _install(lm, g: _Geometry) -> None:
@@ -103,9 +105,10 @@ def _decoder_forward(decoder, g, input_ids, attention_mask, position_ids, past):
         args = (hidden, position_ids, kind) if g.rope_by_type else (hidden, position_ids)
         cos, sin = decoder.rotary_emb(*args)
         ropes[kind] = (cos.unsqueeze(1), sin.unsqueeze(1), g.rotary_dims[kind])  # [1, 1, q, rot]
+    qscale = query_scale(position_ids[0], g.query_scaling).to(hidden.dtype) if g.query_scaling else None
     present = []
     for i, layer in enumerate(decoder.layers):
-        hidden, k, v = layer(hidden, ropes[g.rope_kinds[i]], masks[g.windows[i]], past[i])
+        hidden, k, v = layer(hidden, ropes[g.rope_kinds[i]], masks[g.windows[i]], past[i], qscale)
         present += [k, v]
     return decoder.norm(hidden), present
 
@@ -123,8 +126,8 @@ def _masks(g, positions, padding, dtype):
     return masks
 
 
-def _layer_forward(layer, hidden, rope, mask, past):
-    attn_out, k, v = layer.self_attn(layer.input_layernorm(hidden), rope, mask, past)
+def _layer_forward(layer, hidden, rope, mask, past, qscale):
+    attn_out, k, v = layer.self_attn(layer.input_layernorm(hidden), rope, mask, past, qscale)
     if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: norms after attention and around the MLP
         hidden = hidden + layer.post_attention_layernorm(attn_out)
         return hidden + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden))), k, v
@@ -132,7 +135,7 @@ def _layer_forward(layer, hidden, rope, mask, past):
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden)), k, v
 
 
-def _attention_forward(attn, g, x, rope, mask, past):
+def _attention_forward(attn, g, x, rope, mask, past, qscale):
     d, heads, kv = g.head_dim, g.heads, g.kv_heads
     q, k, v = project_qkv(attn, x, heads * d, kv * d)
     q = q.reshape(1, -1, heads, d).transpose(1, 2)
@@ -141,6 +144,8 @@ def _attention_forward(attn, g, x, rope, mask, past):
     if hasattr(attn, "q_norm"):
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k = apply_rope(q, *rope, d), apply_rope(k, *rope, d)
+    if qscale is not None:
+        q = q * qscale
     keys = torch.cat([past[0], k], dim=2)
     values = torch.cat([past[1], v], dim=2)
     # Grouped-query attention without copying K/V: the heads of one group share a batch slot.

@@ -1,0 +1,126 @@
+"""Streaming weight loading: a checkpoint's safetensors, tensor by tensor, into an empty transformers model.
+
+The model is built on the meta device (buffers such as rotary tables are real), then every tensor is read from
+its memory-mapped file, renamed (a multimodal wrapper's text decoder: ``language_model.model.*`` -> ``model.*``;
+its vision parts are skipped unread), dequantized if it is FP8 and cast to the compute dtype, and assigned in
+place. Peak memory is the model in its compute dtype plus one tensor in float32: never a float32 copy of the
+whole model, never two copies of any weight.
+
+Fine-grained FP8 (``quant_method: fp8``): ``W = float(W_fp8) * weight_scale_inv``, where ``weight_scale_inv`` is
+a scalar (per tensor) or one scale per ``weight_block_size`` block ([rows/b0, cols/b1], partial last blocks).
+Static activation scales are dropped: the recipe decides how activations are treated on device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgepack.checkpoint import SCALE_SUFFIXES, Checkpoint
+from edgepack.errors import CheckpointError
+
+
+def load_streaming(checkpoint: Checkpoint, dtype: str | None = None, attn_implementation: str | None = None):
+    """``checkpoint``'s causal LM in ``dtype`` (default: the checkpoint's; FP8 -> bfloat16), eval mode."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = getattr(torch, dtype or compute_dtype(checkpoint))
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(
+            checkpoint.config, dtype=torch_dtype, attn_implementation=attn_implementation,
+            trust_remote_code=checkpoint.trust_remote_code,
+        )  # fmt: skip
+    state = dict(iter_tensors(checkpoint, torch_dtype))
+    result = model.load_state_dict(state, strict=False, assign=True)
+    del state
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    _check_complete(checkpoint.path, model, result.unexpected_keys)
+    return model.eval()
+
+
+def compute_dtype(checkpoint: Checkpoint) -> str:
+    """The config's dtype where it is a float compute dtype; bfloat16 otherwise (e.g. an FP8 checkpoint's)."""
+    dtype = checkpoint.dtype.removeprefix("torch.")
+    return dtype if dtype in ("float32", "float16", "bfloat16") else "bfloat16"
+
+
+def iter_tensors(checkpoint: Checkpoint, dtype) -> Iterator[tuple[str, Any]]:
+    """(name in the exported model, tensor in ``dtype``) for every exported tensor, one file at a time."""
+    from safetensors import safe_open
+
+    import torch
+
+    block = checkpoint.quantization.get("weight_block_size")
+    # FP8 is dequantized to the checkpoint's compute dtype first (as transformers does), so every consumer (the
+    # exports, the fp32 parity reference) sees the same weight values whatever dtype it asks for.
+    source = getattr(torch, compute_dtype(checkpoint))
+    files = _tensor_files(checkpoint.weight_files)
+    for path in checkpoint.weight_files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                if name.endswith(SCALE_SUFFIXES) or name.endswith("rotary_emb.inv_freq"):
+                    continue
+                target = checkpoint.wrapper.text_name(name) if checkpoint.wrapper else name
+                if target is None:
+                    continue  # a part the export leaves out (a wrapper's vision encoder): never read
+                tensor = f.get_tensor(name)
+                if tensor.dtype in _fp8_dtypes():
+                    tensor = dequantize_fp8(tensor, _read(files, f"{name}_scale_inv"), block, name).to(source)
+                yield target, tensor.to(dtype)
+
+
+def dequantize_fp8(weight, scale, block: list[int] | None, name: str = "weight"):
+    """float32 ``weight * scale``: one scale per tensor, or per ``block`` (rows, cols) with partial edge blocks."""
+    w = weight.float()
+    scale = scale.float()
+    if scale.numel() == 1:
+        return w * scale.reshape(())
+    if block and scale.dim() == 2 and w.dim() == 2:
+        rows, cols = w.shape
+        b0, b1 = block
+        if scale.shape == (-(-rows // b0), -(-cols // b1)):
+            full = scale.repeat_interleave(b0, 0)[:rows].repeat_interleave(b1, 1)[:, :cols]
+            return w * full
+    raise CheckpointError(
+        f"FP8 tensor {name!r} {tuple(w.shape)} has a scale of shape {tuple(scale.shape)}, which matches neither "
+        f"one scale per tensor nor weight_block_size {block}. The checkpoint's quantization_config does not "
+        "describe its tensors: re-download it."
+    )
+
+
+def _fp8_dtypes():
+    import torch
+
+    return (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def _tensor_files(files: list[Path]) -> dict[str, Path]:
+    from edgepack.checkpoint import check_safetensors
+
+    return {name: f for f in files for name in check_safetensors(f) if name != "__metadata__"}
+
+
+def _read(files: dict[str, Path], name: str):
+    from safetensors import safe_open
+
+    with safe_open(str(files[name]), framework="pt") as f:
+        return f.get_tensor(name)
+
+
+def _check_complete(path: Path, model, unexpected: list[str]) -> None:
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    missing += [n for n, b in model.named_buffers() if b.is_meta]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+        raise CheckpointError(
+            f"The weights in {path} do not fit its config.json ({'; '.join(parts)}). "
+            "Re-download the checkpoint, or check that config.json belongs to these weights."
+        )
