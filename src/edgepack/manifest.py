@@ -131,7 +131,7 @@ def build_manifest(export_root: str | Path, fallback=None, devices=None) -> dict
         "schema_version": SCHEMA_VERSION,
         "edgepack_version": export.get("edgepack_version", __version__),
         "model": _model(ckpt),
-        "tokenizer": _tokenizer(root),
+        "tokenizer": _tokenizer(root, export.get("tokenizer") or {}),
         "generation": _generation(root, ckpt, export),
         "recipe": {"name": export["recipe"]["name"], "digest": export.get("recipe_digest", "")},
         "artifacts": artifacts,
@@ -230,11 +230,15 @@ def _model(ckpt: dict) -> dict:
         "num_parameters": int(ckpt.get("num_parameters") or 0),
         "license": ckpt.get("license"),
         "dtype": ckpt.get("dtype", ""),
+        "source_precision": ckpt.get("source_precision") or ckpt.get("dtype", ""),
+        "not_exported": ckpt.get("not_exported") or {},
+        "rope": ckpt.get("rope") or {},
+        "layer_types": ckpt.get("layer_types"),
         "source": {"source": str(ckpt.get("source", "")), "weights_digest": ckpt["weights_digest"]},
     }
 
 
-def _tokenizer(root: Path) -> dict:
+def _tokenizer(root: Path, packaged: dict) -> dict:
     folder = root / "tokenizer"
     if not folder.is_dir():
         raise ManifestError(f"{folder} does not exist: the export must copy the tokenizer.")
@@ -256,6 +260,9 @@ def _tokenizer(root: Path) -> dict:
         "eos_token_ids": ids["eos"],
         "pad_token_id": _first(ids["pad"]),
         "chat_template": template,
+        "source": packaged.get("source", "tokenizer.json"),
+        "runtime_files": {rt: f"tokenizer/{name}" for rt, name in (packaged.get("runtime_files") or {}).items()},
+        "adds_bos": bool(packaged.get("adds_bos")),
     }
 
 

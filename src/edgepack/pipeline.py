@@ -164,15 +164,18 @@ def atomic_dir(out: Path, force: bool) -> Iterator[Path]:
 
 
 def write_export_record(root: Path, checkpoint: Checkpoint, recipe: Recipe, max_seq_len: int, targets) -> None:
-    tokenizer_dir = root / TOKENIZER_DIR
-    tokenizer_dir.mkdir()
-    for name, path in checkpoint.tokenizer_files.items():
-        shutil.copy2(path, tokenizer_dir / name)
+    """export.json and the tokenizer folder, packaged for every runtime and checked before any export runs."""
+    from edgepack.tokenizer_package import package_tokenizer, record as tokenizer_record
+
+    # Only ExecuTorch's runner reads tekken.json / tokenizer.model natively; every other target reads tokenizer.json.
+    needs_json = any(t != "executorch" for t in targets)
+    tokenizer = package_tokenizer(checkpoint, root / TOKENIZER_DIR, needs_json=needs_json)
     record = {
         "edgepack_version": __version__,
         "checkpoint": checkpoint_record(checkpoint),
         "recipe": recipe.model_dump(mode="json"),
         "recipe_digest": recipe.digest(),
+        "tokenizer": tokenizer_record(tokenizer),
         "max_seq_len": max_seq_len,
         "targets": list(targets),
     }
@@ -219,7 +222,8 @@ def export_target(checkpoint: Checkpoint, recipe: Recipe, target: str, root: Pat
     folder.mkdir()
     say(f"export[{target}]: loading {checkpoint.spec.name} weights ({checkpoint.dtype})")
     model = checkpoint.load_model()
-    request = ExportRequest(checkpoint, recipe, max_seq_len, folder, lambda m: say(f"export[{target}]: {m}"))
+    request = ExportRequest(checkpoint, recipe, max_seq_len, folder, lambda m: say(f"export[{target}]: {m}"),
+                            tokenizer_dir=root / TOKENIZER_DIR)
     start = time.perf_counter()
     try:
         artifact = exporter.export(model, request)

@@ -94,14 +94,46 @@ def tiny_mistral3_config(**text_overrides):
     return Mistral3Config(text_config=text, vision_config=vision, image_token_index=10, spatial_merge_size=2)
 
 
-def build_tiny_mistral3(out: Path, *, fp8: str | None = None, seed: int = 0, block: int = 32) -> Path:
+# edgepack's own prose (Apache-2.0 like the package) for the few training steps of the quantization fixtures.
+TRAINING_TEXT = (
+    "The capital of France is Paris. The capital of Italy is Rome. The sea is wide and the sky is blue. "
+    "A phone runs a small language model when the model fits in memory and each token arrives quickly. "
+    "The quick brown fox jumps over the lazy dog. Once upon a time, a fox lived by the sea. "
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n"
+    "Write a haiku about the sea: waves fold into foam, salt wind carries gull voices, the tide keeps its time. "
+)
+
+
+def train_briefly(model, ids: list[int], steps: int, seed: int = 0) -> None:
+    """A few hundred Adam steps of next-token prediction on ``ids``. Random weights give near-uniform logits,
+    where any int4 rounding flips the argmax and a parity gate measures noise; a briefly trained model has
+    margins, as real models do."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    data = torch.tensor(ids)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - 65, (8,), generator=g)
+        batch = torch.stack([data[s : s + 65] for s in starts])
+        loss = model(input_ids=batch[:, :-1], labels=batch[:, 1:]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def build_tiny_mistral3(out: Path, *, fp8: str | None = None, seed: int = 0, block: int = 32,
+                        train_steps: int = 0) -> Path:  # fmt: skip
     """A random tiny ``Mistral3ForConditionalGeneration`` folder in the hub's layout.
 
     Tensor names as the hub ships them (``language_model.model.*``, ``vision_tower.*``,
     ``multi_modal_projector.*``), in two shards with an index (the decoder's FP8 scales in the second shard, so
     a loader must look across shards). ``fp8``: None (bf16), "tensor" (one ``weight_scale_inv`` per tensor, as
     Ministral 3 Instruct ships) or "block" (``weight_block_size`` [block, block]); static ``activation_scale``
-    tensors as the real checkpoints carry. Tokenizer: a truncated copy of a real tekken.json.
+    tensors as the real checkpoints carry. Tokenizer: a truncated copy of a real tekken.json. ``train_steps``:
+    train on ``TRAINING_TEXT`` first (``train_briefly``), for fixtures that judge quantization.
     """
     import torch
     from safetensors.torch import save_file
@@ -114,6 +146,14 @@ def build_tiny_mistral3(out: Path, *, fp8: str | None = None, seed: int = 0, blo
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.08)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tiny_tekken(out / "tekken.json")
+    if train_steps:
+        from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+        tekken = Tekkenizer.from_file(out / "tekken.json")
+        train_briefly(model, tekken.encode(TRAINING_TEXT * 8, bos=True, eos=False), train_steps, seed)
     text, rest = {}, {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and config.text_config.tie_word_embeddings:
@@ -126,8 +166,6 @@ def build_tiny_mistral3(out: Path, *, fp8: str | None = None, seed: int = 0, blo
             rest[hub.replace(".weight", ".activation_scale")] = torch.tensor(0.05, dtype=torch.bfloat16)
         else:
             (text if hub.startswith("language_model.") else rest)[hub] = tensor
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     shards = {"model-00001-of-00002.safetensors": text, "model-00002-of-00002.safetensors": rest}
     for name, tensors in shards.items():
         save_file(tensors, str(out / name), metadata={"format": "pt"})
@@ -143,7 +181,6 @@ def build_tiny_mistral3(out: Path, *, fp8: str | None = None, seed: int = 0, blo
         }  # fmt: skip
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 11}))
-    write_tiny_tekken(out / "tekken.json")
     return out
 
 
@@ -176,13 +213,13 @@ def write_tiny_tekken(path: Path, vocab_size: int = TINY_TEKKEN_VOCAB) -> Path:
     """A truncated copy of the real tekken.json in mistral-common's wheel, in the current file format
     (``special_tokens`` listed, version v13 as Ministral 3's), sized to ``vocab_size`` ids."""
     import mistral_common
-    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+    from mistral_common.tokens.tokenizers.base import SpecialTokens
 
     source = Path(mistral_common.__file__).parent / "data" / TEKKEN_SOURCE
     data = json.loads(source.read_text(encoding="utf-8"))
     inner = vocab_size - TEKKEN_SPECIALS
-    specials = [{**t, "token_str": str(getattr(t["token_str"], "value", t["token_str"]))}
-                for t in Tekkenizer.DEPRECATED_SPECIAL_TOKENS]  # fmt: skip
+    # v13 files list their control tokens; these are mistral-common's, in its order ([INST] 3, [/INST] 4, ...).
+    specials = [{"rank": i, "token_str": t.value, "is_control": True} for i, t in enumerate(SpecialTokens)]
     data["vocab"] = data["vocab"][:inner]
     data["special_tokens"] = specials
     data["config"].update(num_vocab_tokens=inner, default_vocab_size=vocab_size,

@@ -21,11 +21,19 @@ def inspect(model, allow_pickle, trust_remote_code, as_json):
     if as_json:
         print_json(info)
         return
-    for key in ("model_id", "architecture", "model_type", "num_parameters", "dtype", "context_length",
-                "sliding_window", "weights_digest"):
+    from edgepack.inspect import rope_summary, window_layout
+
+    for key in ("model_id", "architecture", "model_type", "num_parameters", "dtype", "source_precision",
+                "context_length", "sliding_window", "weights_digest"):
         click.echo(f"{key:<16} {info[key]}")
+    click.echo(f"{'rope':<16} {rope_summary(info['rope'])}")
+    windows = window_layout(info["layer_types"], info["sliding_window"])
+    if windows:
+        click.echo(f"{'windows':<16} {windows}")
+    for part, why in info["not_exported"].items():
+        click.echo(f"{'not exported':<16} {part} ({why})")
     tok = info["tokenizer"]
-    click.echo(f"{'tokenizer':<16} {', '.join(tok['files']) or 'none'}; chat template: "
+    click.echo(f"{'tokenizer':<16} {tok['source']}: {', '.join(tok['files']) or 'none'}; chat template: "
                f"{'yes' if tok['chat_template'] else 'no'}; bos {tok['bos_id']} eos {tok['eos_ids']}")
     click.echo("targets x recipes (rules a backend cannot honour are listed):")
     for target, per_recipe in info["targets"].items():

@@ -31,6 +31,15 @@ class ExportRequest:
     out_dir: Path  # this target's folder inside the (temporary) export folder
     progress: Callable[[str], None] = lambda message: None
     prefill_chunk: int = PREFILL_CHUNK
+    tokenizer_dir: Path | None = None  # the export's packaged tokenizer folder (None: the checkpoint's own files)
+
+    def tokenizer_files(self) -> dict[str, Path]:
+        """The HF-format tokenizer files (tokenizer.json, its config, chat template, generation config)."""
+        if self.tokenizer_dir is None:
+            return self.checkpoint.tokenizer_files
+        from edgepack.checkpoint import TOKENIZER_FILES
+
+        return {n: self.tokenizer_dir / n for n in TOKENIZER_FILES if (self.tokenizer_dir / n).is_file()}
 
     def artifact(self, exporter, main: str, files: list[str], **fields) -> Artifact:
         """The Artifact for ``exporter``'s files in ``out_dir`` (names relative to it); the fields every

@@ -275,7 +275,7 @@ def add_metadata(mlmodel, request: ExportRequest, compute: str, layout: dict) ->
             "edgepack.recipe_digest": recipe.digest(),
             "edgepack.context_length": str(request.max_seq_len),
             "edgepack.model_context_length": str(checkpoint.context_length),
-            "edgepack.tokenizer_files": json.dumps([f"tokenizer/{n}" for n in checkpoint.tokenizer_files]),
+            "edgepack.tokenizer_files": json.dumps([f"tokenizer/{n}" for n in request.tokenizer_files()]),
             "edgepack.eos_token_id": json.dumps(config.get("eos_token_id")),
             "edgepack.bos_token_id": json.dumps(config.get("bos_token_id")),
             "edgepack.cache_layout": layout["cache_layout"],

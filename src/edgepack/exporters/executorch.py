@@ -117,7 +117,7 @@ def lower_to_pte(program, metadata: dict, path: Path) -> int:
 def constant_methods(config, request: ExportRequest) -> dict:
     """The constant methods the ExecuTorch LLM runner (and edgepack's runner) read from the program."""
     text = config.get_text_config()
-    bos, eos = _special_ids(text, request.checkpoint)
+    bos, eos = _special_ids(text, request)
     methods = {
         "get_max_seq_len": prefill_chunk(request),
         "get_max_context_len": request.max_seq_len,
@@ -136,7 +136,7 @@ def constant_methods(config, request: ExportRequest) -> dict:
     return methods
 
 
-def _special_ids(text_config, checkpoint) -> tuple[int | None, list[int]]:
+def _special_ids(text_config, request: ExportRequest) -> tuple[int | None, list[int]]:
     """bos id and eos ids as the device tokenizer sees them, falling back to the model config."""
     from edgepack.errors import CheckpointError
     from edgepack.tokenizer import DeviceTokenizer
@@ -144,7 +144,8 @@ def _special_ids(text_config, checkpoint) -> tuple[int | None, list[int]]:
     bos, eos = text_config.bos_token_id, text_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     try:
-        tokenizer = DeviceTokenizer(checkpoint.path) if checkpoint is not None else None
+        folder = request.tokenizer_dir or (request.checkpoint.path if request.checkpoint is not None else None)
+        tokenizer = DeviceTokenizer(folder) if folder is not None else None
     except CheckpointError:  # no tokenizer.json: the config's ids are all there is
         tokenizer = None
     if tokenizer is not None:

@@ -72,7 +72,7 @@ class OnnxExporter:
         config = genai_config(model.config, request)
         (out / GENAI_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         files.append(GENAI_CONFIG)
-        for name, src in request.checkpoint.tokenizer_files.items():
+        for name, src in request.tokenizer_files().items():
             shutil.copyfile(src, out / name)
             files.append(name)
         return request.artifact(
@@ -476,7 +476,7 @@ def _nbytes(tensor) -> int:
 
 def genai_config(config, request: ExportRequest) -> dict:
     """onnxruntime-genai's config for the folder: the decoder's interface, sizes, special ids, search defaults."""
-    gen = _generation_config(request.checkpoint)
+    gen = _generation_config(request)
     eos = gen.get("eos_token_id", config.eos_token_id)
     eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
     pad = config.pad_token_id if config.pad_token_id is not None else gen.get("pad_token_id", eos[0])
@@ -541,8 +541,8 @@ def genai_config(config, request: ExportRequest) -> dict:
     }
 
 
-def _generation_config(checkpoint) -> dict:
-    path = checkpoint.tokenizer_files.get("generation_config.json")
+def _generation_config(request: ExportRequest) -> dict:
+    path = request.tokenizer_files().get("generation_config.json")
     return json.loads(path.read_text()) if path else {}
 
 
