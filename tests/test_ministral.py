@@ -375,3 +375,33 @@ def test_bad_ministral_checkpoints_give_one_line_and_exit_2(kind, mistral3, tmp_
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_executorch_llm_runner_reads_the_packaged_tekken(int4_export):
+    """ExecuTorch's own LLM runner, given the .pte and tokenizer/tekken.json, tokenizes the chat prompt as the
+    packaged tokenizer.json does: its greedy text equals edgepack's runner fed those ids."""
+    import executorch.kernels.quantized  # noqa: F401 - quantized kernels for the runner
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    from edgepack.exporters import Artifact
+    from edgepack.exporters.executorch_model import load_custom_ops
+    from edgepack.tokenizer import DeviceTokenizer
+
+    load_custom_ops()
+    root = int4_export.out
+    tokenizer = DeviceTokenizer(root / "tokenizer")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    pieces: list[str] = []
+    runner = TextLLMRunner(str(root / "executorch" / "model.pte"), str(root / "tokenizer" / "tekken.json"))
+    runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=8, temperature=0.0), pieces.append)
+
+    ours = open_runner(root, Artifact.read(root / "executorch"))
+    ids = tokenizer.encode(prompt)
+    logits = ours.forward(ids)
+    new = []
+    for _ in range(8):
+        new.append(int(logits[-1].argmax()))
+        if new[-1] in tokenizer.eos_ids:
+            break
+        logits = ours.forward(new[-1:])
+    assert "".join(pieces).strip() and "".join(pieces) == tokenizer.decode(new[: len(new)])
