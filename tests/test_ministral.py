@@ -405,3 +405,25 @@ def test_executorch_llm_runner_reads_the_packaged_tekken(int4_export):
             break
         logits = ours.forward(new[-1:])
     assert "".join(pieces).strip() and "".join(pieces) == tokenizer.decode(new[: len(new)])
+
+
+def test_onnxruntime_genai_runs_the_ministral3_folder_with_mistral_commons_ids(int4_export):
+    og = pytest.importorskip("onnxruntime_genai")
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    folder = int4_export.out / "onnx"
+    model = og.Model(str(folder))
+    tokenizer = og.Tokenizer(model)
+    tokenizer.update_options(add_special_tokens="true")
+    tekken = Tekkenizer.from_file(int4_export.out / "tokenizer" / "tekken.json")
+    for text in ("The capital of France is", "  code:\n\tx = 1"):
+        assert [int(i) for i in tokenizer.encode(text)] == tekken.encode(text, bos=True, eos=False)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=24, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(tokenizer.encode("The capital of France is"))
+    steps = 0
+    while not generator.is_done() and steps < 8:
+        generator.generate_next_token()
+        steps += 1
+    assert steps == 8

@@ -6,7 +6,6 @@ exports the real SmolLM2-135M-Instruct at int4-block32 and runs it through onnxr
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -135,7 +134,7 @@ def test_graph_carries_no_per_layer_shape_arithmetic(tiny_checkpoint):
 
     counts = {}
     for layers in (2, 4):
-        proto = export_graph(resolve(tiny_checkpoint("llama", num_hidden_layers=layers)).load_model())
+        proto = export_graph(resolve(tiny_checkpoint("llama", num_hidden_layers=layers)).load_model()).proto
         counts[layers] = collections.Counter(n.op_type for n in proto.graph.node)
     assert counts[2]["Shape"] == counts[4]["Shape"] <= 3
     assert counts[2]["Expand"] == counts[4]["Expand"] == 0
@@ -197,15 +196,16 @@ def test_onnxruntime_genai_decodes_like_eager_past_the_window(exports):
     [("int4-block32", 4, 32, 4, 2.0, 0.8), ("int8-weight", 8, None, 0, 0.2, 0.995)],
 )
 def test_quantized_graph_runs_close_to_eager(
-    exports, tmp_path, recipe, bits, block, accuracy, max_diff, min_cosine
+    exports, tiny_checkpoint, tmp_path, recipe, bits, block, accuracy, max_diff, min_cosine
 ):
     """Random weights (int4 is judged on real ones in the slow tier); the bounds are loose, the layout exact."""
     import onnx
 
-    from edgepack.exporters.onnx import module_of, quantize, save_model
+    from edgepack.exporters.onnx import module_of
 
-    checkpoint, artifact, root = exports("llama")
-    proto = quantize(copy.deepcopy(onnx.load(root / artifact.path)), load_recipe(recipe))
+    fp32_checkpoint, fp32_artifact, fp32_root = exports("llama")
+    checkpoint, artifact = export(tiny_checkpoint("llama"), tmp_path, recipe)
+    proto = onnx.load(tmp_path / artifact.path)
     ops = {n.name: n for n in proto.graph.node}
     nbits = [n for n in ops.values() if n.op_type == "MatMulNBits"]
     assert len(nbits) == 2 * 7 + 1  # every linear layer and the tied lm_head
@@ -222,13 +222,32 @@ def test_quantized_graph_runs_close_to_eager(
     assert len(gather) == 1 and {a.name: a.i for a in gather[0].attribute}["bits"] == 8
     float_sizes = [np.prod(i.dims) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
     assert max(float_sizes) < 64 * 32  # no float weight left (the smallest, k_proj, has 64 x 32): scales only
-
-    (tmp_path / "onnx").mkdir()
-    save_model(proto, tmp_path / "onnx")
-    assert (tmp_path / artifact.path).stat().st_size < 0.45 * (root / artifact.path).stat().st_size
+    assert (tmp_path / artifact.path).stat().st_size < 0.45 * (fp32_root / fp32_artifact.path).stat().st_size
     metrics = run_and_compare(tmp_path, artifact, reference_model(checkpoint))
     print(f"{recipe} tiny llama vs eager fp32: {metrics}")
     assert 1e-4 < metrics["max_abs_diff"] < max_diff and metrics["cosine"] > min_cosine
+
+
+def test_matmul_nbits_holds_exactly_the_codes_the_torch_rounding_gives(tiny_checkpoint, tmp_path):
+    """The codes in the file, read back and dequantized, equal the parity harness's torch rounding of the
+    checkpoint's weight (torchao's symmetric mapping): one definition of the recipe's rounding."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgepack.checkpoint import resolve
+    from edgepack.parity.fakequant import _round
+
+    checkpoint, artifact = export(tiny_checkpoint("llama"), tmp_path, "int4-block32")
+    proto = onnx.load(tmp_path / artifact.path)
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    node = next(n for n in proto.graph.node if n.op_type == "MatMulNBits" and "layers.0/mlp/up_proj" in n.name)
+    attrs = {a.name: a.i for a in node.attribute}
+    packed, scales = inits[node.input[1]], inits[node.input[2]]
+    n, k, block = attrs["N"], attrs["K"], attrs["block_size"]
+    codes = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(n, -1)[:, :k].astype(np.float32) - 8
+    dequantized = codes * np.repeat(scales.reshape(n, -1), block, axis=1)[:, :k]
+    weight = resolve(tiny_checkpoint("llama")).load_model("float32").model.layers[0].mlp.up_proj.weight.detach()
+    np.testing.assert_allclose(dequantized, _round(weight, 4, 32, True).numpy(), rtol=0, atol=1e-7)
 
 
 def test_fp16_export_runs_close_to_eager(tiny_checkpoint, tmp_path):

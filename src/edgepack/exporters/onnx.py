@@ -34,6 +34,9 @@ MAX_MATMUL_BLOCK = 256  # MLAS quantizes MatMulNBits weights in blocks of 16..25
 # cost SmolLM2 int8-weight cosine 0.998 -> 0.993 and greedy agreement 1.0 -> 0.59 (measured), so it is not
 # forced: the shipped int4 recipes ask for int8 activations on their int8 lm_head.
 MIN_ORT = "onnxruntime 1.20"  # MatMulNBits 8-bit and GatherBlockQuantized
+# onnxruntime-genai 0.18 accepts a fixed list of model types; the graph is the generic decoder either way, so the
+# Mistral derivatives it does not list run under "mistral".
+GENAI_MODEL_TYPES = {"ministral3": "mistral", "ministral": "mistral"}
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,13 @@ class OnnxExporter:
         out = Path(request.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         recipe = request.recipe
-        request.progress(f"onnx: exporting the graph ({recipe.dtype})")
-        proto = export_graph(model, dtype=recipe.dtype)
-        request.progress(f"onnx: quantizing per recipe {recipe.name}")
-        proto = quantize(proto, recipe)
-        files = save_model(proto, out)
-        del proto
         config = genai_config(model.config, request)
+        details = _details(model.config, recipe)
+        request.progress(f"onnx: tracing the graph ({recipe.dtype}; weights stay out of it)")
+        traced = export_graph(model, dtype=recipe.dtype)
+        del model  # the traced weights are the only references left: each goes once it is written
+        request.progress(f"onnx: writing the weights per recipe {recipe.name}, one tensor at a time")
+        files = write_model(traced, recipe, out)
         (out / GENAI_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         files.append(GENAI_CONFIG)
         for name, src in request.tokenizer_files().items():
@@ -82,7 +85,7 @@ class OnnxExporter:
             min_runtime=MIN_ORT,
             export_seconds=round(time.perf_counter() - start, 2),
             unhonoured=self.unhonoured(recipe),
-            details=_details(model.config, recipe),
+            details=details,
         )
 
 
@@ -139,93 +142,49 @@ def _block(setting: NBits, k: int, largest: int = MAX_MATMUL_BLOCK) -> int:
 
 
 def export_graph(model, *, dtype: str = "float32"):
-    """The onnx.ModelProto of ``model`` with the KV-cache interface described in the module docstring.
+    """The weightless graph of ``model`` with the KV-cache interface described in the module docstring, and its
+    weights aside (``onnx_weights.Traced``). The model's parameters are replaced by stand-ins: it is used up.
 
     The TorchScript exporter, not dynamo: 10-20x faster here (2 s against 12-40 s for a tiny model on 2
     cores), and after onnxruntime's basic (portable, standard-op) optimizations the graph is the same size as
     dynamo's. onnxscript's optimizer gives the same graph but takes minutes on a 30-layer model.
     """
-    import tempfile
-    import warnings
-
-    import onnx
     import torch
 
     from edgepack.cli._common import quiet_libraries
     from edgepack.exporters.onnx_model import PastPresentCausalLM
+    from edgepack.exporters.onnx_weights import trace
 
     quiet_libraries()
     _quiet_onnx_logs()
     torch_dtype = torch.float16 if dtype == "float16" else torch.float32
-    model.to(torch_dtype)  # in place, module by module: no second full copy
-    wrapper = PastPresentCausalLM(model).eval()
-    args = _example_inputs(model.config, torch_dtype)
     names = io_names(model.config.num_hidden_layers)
-    with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path = Path(tmp) / MODEL_FILE  # a file, so that models past 2 GB spill into external data
-        try:
-            torch.onnx.export(
-                wrapper,
-                args,
-                str(path),
-                dynamo=False,
-                input_names=names["inputs"],
-                output_names=names["outputs"],
-                dynamic_axes=_dynamic_axes(names),
-                opset_version=OPSET,
-                do_constant_folding=True,
-            )
-        except Exception as exc:  # the tracer raises many types; the message is what matters
-            raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
-        proto = onnx.load(str(_basic_optimizations(path)))
-    return _share_tied_embedding(proto)
+    args = _example_inputs(model.config, torch_dtype)
+    try:
+        return trace(model, PastPresentCausalLM, args, names, _dynamic_axes(names), OPSET, torch_dtype)
+    except Exception as exc:  # the tracer raises many types; the message is what matters
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
 
 
-def _basic_optimizations(path: Path) -> Path:
-    """onnxruntime's level-1 rewrites (constant folding, redundant-node elimination); standard ops only."""
-    import onnxruntime as ort
+def write_model(traced, recipe, out: Path) -> list[str]:
+    """Attach the weights per ``recipe`` (streamed into model.onnx.data) and save model.onnx; a model small
+    enough for one protobuf gets its weights back inline."""
+    import onnx
 
-    optimized = path.with_name("optimized.onnx")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(optimized)
-    options.add_session_config_entry(
-        "session.optimized_model_external_initializers_file_name", "optimized.data"
-    )
-    options.add_session_config_entry(
-        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
-    )
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return optimized
+    from edgepack.exporters.onnx_weights import ExternalData, attach
 
-
-def _share_tied_embedding(proto):
-    """Tied embeddings: the tracer stores the lm_head as a second, transposed copy of the embedding table.
-    Read the table through a Transpose instead, so the file holds it once."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: i for i in proto.graph.initializer}
-    nodes = {module_of(n): n for n in proto.graph.node if n.op_type in ("Gather", "MatMul")}
-    gather, head = nodes.get("model.embed_tokens"), nodes.get("lm_head")
-    if gather is None or head is None or gather.input[0] not in inits or head.input[1] not in inits:
-        return proto
-    table, weight = inits[gather.input[0]], inits[head.input[1]]
-    if list(table.dims) != list(weight.dims)[::-1]:
-        return proto
-    if not np.array_equal(numpy_helper.to_array(table).T, numpy_helper.to_array(weight)):
-        return proto
-    transposed = f"{table.name}.T"
-    index = list(proto.graph.node).index(head)
-    proto.graph.node.insert(
-        index, helper.make_node("Transpose", [table.name], [transposed], "/m/lm_head/Transpose", perm=[1, 0])
-    )
-    head.input[1] = transposed
-    if not any(weight.name in n.input for n in proto.graph.node):
-        proto.graph.initializer.remove(weight)
-    return proto
+    data = ExternalData(out / DATA_FILE)
+    try:
+        attach(traced, recipe, data, module_of, nbits_for, _block)
+    finally:
+        data.close()
+    path = out / MODEL_FILE
+    onnx.save_model(traced.proto, path)
+    if data.offset >= EXTERNAL_DATA_BYTES:
+        return [MODEL_FILE, DATA_FILE]
+    onnx.save_model(onnx.load(path), path)  # loads the external data; saves it inline
+    (out / DATA_FILE).unlink()
+    return [MODEL_FILE]
 
 
 def _quiet_onnx_logs() -> None:
@@ -298,117 +257,6 @@ def module_of(node) -> str | None:
     return ".".join(parts[1:-1])
 
 
-def quantize(proto, recipe):
-    """Apply the recipe: MatMulNBits per linear layer, GatherBlockQuantized for the embedding."""
-    groups: dict[NBits, list[str]] = {}
-    inits = {i.name: i for i in proto.graph.initializer}
-    embed = None
-    for node in list(proto.graph.node):
-        module = module_of(node)
-        if module is None:
-            continue
-        if node.op_type == "MatMul":
-            setting = recipe.for_module(module)
-            weight = _constant_weight(proto, node, inits) if nbits_for(setting) else None
-            if weight is not None:
-                k = weight.dims[0]
-                groups.setdefault(_with_block(nbits_for(setting), k), []).append(node.name)
-        elif node.op_type == "Gather" and node.input[0] in inits and module.endswith("embed_tokens"):
-            embed = node
-    for setting, nodes in groups.items():
-        keep = set(nodes)
-        proto = _matmul_nbits(proto, setting, [n.name for n in proto.graph.node if n.name not in keep])
-    if embed is not None and recipe.embedding is not None and not recipe.embedding.is_float:
-        proto = _quantize_embedding(proto, embed.name, recipe.embedding)
-    return proto
-
-
-def _constant_weight(proto, node, inits):
-    """The [K, N] initializer a MatMul multiplies by, materialising ``Transpose(W)`` of tied embeddings."""
-    from onnx import numpy_helper
-
-    name = node.input[1]
-    if name in inits:
-        return inits[name]
-    producer = next((n for n in proto.graph.node if name in n.output), None)
-    if producer is None or producer.op_type != "Transpose" or producer.input[0] not in inits:
-        return None
-    # The lm_head of a tied model reads the embedding table through a Transpose; it gets its own (quantized)
-    # copy, and the float table goes once nothing reads it.
-    source = inits[producer.input[0]]
-    weight = numpy_helper.from_array(numpy_helper.to_array(source).T.copy(), f"{source.name}_transposed")
-    proto.graph.initializer.append(weight)
-    inits[weight.name] = weight
-    node.input[1] = weight.name
-    if not any(name in n.input for n in proto.graph.node):
-        proto.graph.node.remove(producer)
-    return weight
-
-
-def _with_block(setting: NBits, k: int) -> NBits:
-    return NBits(setting.bits, _block(setting, k), setting.symmetric, setting.accuracy_level)
-
-
-def _matmul_nbits(proto, setting: NBits, exclude: list[str]):
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    # nodes_to_include does not restrict (the quantizer ORs it with the op type): exclude the others instead.
-    _quiet_onnx_logs()
-
-    quantizer = MatMulNBitsQuantizer(
-        proto,
-        bits=setting.bits,
-        block_size=setting.block_size,
-        is_symmetric=setting.symmetric,
-        accuracy_level=setting.accuracy_level,
-        nodes_to_exclude=exclude,
-        op_types_to_quantize=("MatMul",),
-    )
-    quantizer.process()
-    return quantizer.model.model
-
-
-def _quantize_embedding(proto, node_name: str, quant):
-    """Rows of the embedding table quantized in blocks along the hidden dim (GatherBlockQuantized)."""
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    graph = proto.graph
-    node = next(n for n in graph.node if n.name == node_name)
-    init = next(i for i in graph.initializer if i.name == node.input[0])
-    table = numpy_helper.to_array(init).astype(np.float32)
-    hidden = table.shape[1]
-    block = _block(NBits(quant.bits, quant.group_size, quant.symmetric, None), hidden, largest=1 << 16)
-    data, scales, zeros = _block_quantize_rows(table, quant.bits, block, quant.symmetric)
-    scales = scales.astype(numpy_helper.to_array(init).dtype)
-    name = init.name
-    qtype = onnx.TensorProto.UINT4 if quant.bits == 4 else onnx.TensorProto.UINT8
-    q_data = helper.make_tensor(f"{name}_Q{quant.bits}", qtype, data.shape, _pack(data, quant.bits), raw=True)
-    q_zeros = helper.make_tensor(f"{name}_zp", qtype, zeros.shape, _pack(zeros, quant.bits), raw=True)
-    q_scales = numpy_helper.from_array(scales, f"{name}_scales")
-    gbq = helper.make_node(
-        "GatherBlockQuantized",
-        [q_data.name, node.input[1], q_scales.name, q_zeros.name],
-        list(node.output),
-        name=node.name + f"_Q{quant.bits}",
-        domain="com.microsoft",
-        gather_axis=0,
-        quantize_axis=1,
-        block_size=block,
-        bits=quant.bits,
-    )
-    position = list(graph.node).index(node)
-    graph.node.remove(node)
-    graph.node.insert(position, gbq)
-    graph.initializer.extend([q_data, q_scales, q_zeros])
-    if not any(name in n.input for n in graph.node):
-        graph.initializer.remove(init)
-    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return proto
-
-
 def _block_quantize_rows(table, bits: int, block: int, symmetric: bool):
     """Unsigned codes with zero points (the GatherBlockQuantized convention): value = (code - zp) * scale."""
     import numpy as np
@@ -447,31 +295,7 @@ def _pack(values, bits: int) -> bytes:
     return ((flat[0::2] & 0xF) | ((flat[1::2] & 0xF) << 4)).astype(np.uint8).tobytes()
 
 
-# --- files ----------------------------------------------------------------------------------------------------
-
-
-def save_model(proto, out: Path) -> list[str]:
-    """Write model.onnx, with its weights in model.onnx.data when the model is too big for one protobuf."""
-    import onnx
-
-    weights = sum(_nbytes(i) for i in proto.graph.initializer)
-    path = out / MODEL_FILE
-    if weights < EXTERNAL_DATA_BYTES:
-        onnx.save_model(proto, path)
-        return [MODEL_FILE]
-    onnx.save_model(
-        proto,
-        path,
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=DATA_FILE,
-        size_threshold=1024,
-    )
-    return [MODEL_FILE, DATA_FILE]
-
-
-def _nbytes(tensor) -> int:
-    return len(tensor.raw_data) if tensor.HasField("raw_data") else 0
+# --- onnxruntime-genai -------------------------------------------------------------------------------------
 
 
 def genai_config(config, request: ExportRequest) -> dict:
@@ -534,7 +358,7 @@ def genai_config(config, request: ExportRequest) -> dict:
             "decoder": decoder,
             "eos_token_id": eos if len(eos) > 1 else eos[0],
             "pad_token_id": pad,
-            "type": config.model_type,
+            "type": GENAI_MODEL_TYPES.get(config.model_type, config.model_type),
             "vocab_size": config.vocab_size,
         },
         "search": search,

@@ -1,0 +1,287 @@
+"""ONNX weights written tensor by tensor: the graph is traced without them, then each one is quantized (or cast)
+and appended to the external data file, so the export never holds a float copy of the model or of its graph.
+
+``trace`` swaps every parameter of the model for a stride-0 stand-in (one element, any shape), traces
+``PastPresentCausalLM`` with ``export_params=False`` (the parameters become named graph inputs) and keeps the
+real tensors aside; onnxruntime's basic optimizations then fold the graph's constant shape arithmetic while the
+weights are still inputs. ``attach`` turns each weight input into what its consumers need:
+
+- ``Transpose -> MatMul`` (a linear layer): ``MatMulNBits`` with the recipe's codes (``block_codes``, the same
+  rounding the parity harness applies in torch), or the transposed float weight;
+- ``Gather`` (the embedding table): ``GatherBlockQuantized`` rows, or the float table;
+- anything else (norm weights, biases): the float tensor.
+A tied embedding read both ways keeps one float table (lm_head through a Transpose) unless the recipe quantizes
+either side, which then gets its own initializer.
+
+MatMulNBits layout (onnxruntime contrib op): ``B`` uint8 [N, blocks, block * bits / 8] (4-bit: two codes a byte,
+low nibble first), ``scales`` [N * blocks] in the graph's float type, ``zero_points`` uint8 (4-bit packed per row)
+for asymmetric codes; without zero points the op subtracts 8 (4-bit) or 128 (8-bit). A partial last block is
+padded with zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Traced:
+    proto: object  # onnx.ModelProto whose weights are graph inputs
+    weights: dict  # graph input name -> the real torch tensor
+    dtype: str  # "float32" | "float16": the graph's float type
+
+
+class ExternalData:
+    """Appends tensors to one external data file and returns initializers pointing into it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = path.open("wb")
+        self.offset = 0
+
+    def tensor(self, name: str, array: np.ndarray, onnx_type: int | None = None):
+        from onnx import TensorProto, helper
+
+        data = np.ascontiguousarray(array)
+        raw = data.tobytes()
+        pad = (-self.offset) % 64  # aligned, as onnx's own writer does, so runtimes can map it
+        self.file.write(b"\0" * pad)
+        self.offset += pad
+        self.file.write(raw)
+        dtype = onnx_type if onnx_type is not None else helper.np_dtype_to_tensor_dtype(data.dtype)
+        shape = list(array.shape)
+        tensor = TensorProto(name=name, data_type=dtype, dims=shape, data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", self.path.name), ("offset", str(self.offset)), ("length", str(len(raw)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.offset += len(raw)
+        return tensor
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def trace(model, wrapper_cls, example_inputs, names: dict, dynamic_axes: dict, opset: int, dtype) -> Traced:
+    """The weightless graph of ``wrapper_cls(model)`` and the real tensors its weight inputs stand for."""
+    import tempfile
+    import warnings
+
+    import onnx
+    import torch
+
+    real = _swap_for_stand_ins(model, dtype)
+    wrapper = wrapper_cls(model).eval()
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "graph.onnx"
+        torch.onnx.export(
+            wrapper, example_inputs, str(path), dynamo=False, export_params=False, do_constant_folding=False,
+            input_names=names["inputs"], output_names=names["outputs"], dynamic_axes=dynamic_axes,
+            opset_version=opset,
+        )  # fmt: skip
+        # fp16: the CPU provider would save its own fp16->fp32 Casts into the graph; the file stays portable instead.
+        proto = onnx.load(str(_basic_optimizations(path) if dtype == torch.float32 else path))
+    # The wrapper names its parameters "m.<module path>"; the stand-ins' real tensors are keyed the same way.
+    weights = {i.name: real[i.name.removeprefix("m.")] for i in proto.graph.input if i.name.removeprefix("m.") in real}
+    return Traced(proto, weights, "float16" if dtype == torch.float16 else "float32")
+
+
+def _swap_for_stand_ins(model, dtype) -> dict:
+    """Replace each parameter by a one-element stride-0 stand-in of its shape (tied ones stay tied); return
+    parameter name -> real tensor. Distinct stand-in values keep the tracer from merging two as duplicates."""
+    import torch
+
+    real, stand_ins = {}, {}
+    for module_name, module in model.named_modules():
+        for pname, param in list(module.named_parameters(recurse=False)):
+            if id(param) not in stand_ins:
+                value = torch.full((1,), 1e-3 * (1 + len(stand_ins) % 97), dtype=dtype)
+                stand_ins[id(param)] = torch.nn.Parameter(value.expand(param.shape), requires_grad=False)
+                real[f"{module_name}.{pname}" if module_name else pname] = param.detach()
+            setattr(module, pname, stand_ins[id(param)])
+        for bname, buffer in list(module.named_buffers(recurse=False)):
+            if buffer is not None and buffer.is_floating_point():
+                module._buffers[bname] = buffer.to(dtype)  # as a whole-model cast would (rotary tables, ...)
+    return real
+
+
+def _basic_optimizations(path: Path) -> Path:
+    """onnxruntime's level-1 rewrites (constant folding of shape arithmetic, redundant nodes), weights as inputs."""
+    import onnxruntime as ort
+
+    optimized = path.with_name("optimized.onnx")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return optimized
+
+
+# --- attaching the weights -----------------------------------------------------------------------------------
+
+
+def attach(traced: Traced, recipe, data: ExternalData, module_of, nbits_for, block_for) -> None:
+    """Replace every weight input of ``traced.proto`` by initializers in ``data`` (see the module docstring)."""
+    from onnx import helper
+
+    graph = traced.proto.graph
+    for name in list(traced.weights):
+        weight = traced.weights.pop(name)  # released once written
+        consumers = [n for n in graph.node if name in n.input]
+        keep_float = False
+        for node in consumers:
+            if node.op_type == "Transpose":
+                keep_float |= _linear(graph, node, weight, recipe, data, module_of, nbits_for, block_for, traced.dtype)
+            elif node.op_type == "Gather" and (module_of(node) or "").endswith("embed_tokens"):
+                keep_float |= _embedding(graph, node, weight, recipe, data, block_for, traced.dtype)
+            else:
+                keep_float = True
+        graph.input.remove(next(i for i in graph.input if i.name == name))
+        if keep_float:
+            graph.initializer.append(data.tensor(name, _float(weight, traced.dtype)))
+    if not any(o.domain == "com.microsoft" for o in traced.proto.opset_import):
+        traced.proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _float(weight, dtype: str) -> np.ndarray:
+    import torch
+
+    return weight.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
+
+
+def _linear(graph, transpose, weight, recipe, data, module_of, nbits_for, block_for, dtype) -> bool:
+    """Each MatMul reading ``Transpose(weight)``; returns True when the float weight must stay (tied, shared)."""
+    from onnx import helper
+
+    matmuls = [n for n in graph.node if transpose.output[0] in n.input and n.op_type == "MatMul"]
+    shared = False
+    for matmul in matmuls:
+        setting = nbits_for(recipe.for_module(module_of(matmul) or ""))
+        if setting is None:
+            shared = True
+            continue
+        n, k = weight.shape
+        block = block_for(setting, k)
+        codes, scales, zeros = block_codes(weight, setting.bits, block, setting.symmetric)
+        prefix = (module_of(matmul) or matmul.name).replace("/", ".")
+        inits = [data.tensor(f"{prefix}.weight_Q{setting.bits}", _pack_rows(codes, setting.bits, block)),
+                 data.tensor(f"{prefix}.weight_scales", scales.reshape(-1).astype(np.float16 if dtype == "float16" else np.float32))]  # fmt: skip
+        if zeros is not None:
+            inits.append(data.tensor(f"{prefix}.weight_zp", _pack_zero_points(zeros, setting.bits)))
+        graph.initializer.extend(inits)
+        attrs = {"K": k, "N": n, "bits": setting.bits, "block_size": block}
+        if setting.accuracy_level is not None:
+            attrs["accuracy_level"] = setting.accuracy_level
+        node = helper.make_node("MatMulNBits", [matmul.input[0]] + [i.name for i in inits], list(matmul.output),
+                                name=matmul.name.replace("/MatMul", "/MatMul_Q4" if setting.bits == 4 else "/MatMul_Q8"),
+                                domain="com.microsoft", **attrs)  # fmt: skip
+        _replace(graph, matmul, node)
+    if shared:  # float consumers keep reading the Transpose of the float weight
+        if len(matmuls) == 1 and len([n for n in graph.node if transpose.input[0] in n.input]) == 1:
+            # the only reader: store the transposed weight itself and drop the Transpose
+            t_name = transpose.output[0]
+            graph.initializer.append(data.tensor(t_name, np.ascontiguousarray(_float(weight, dtype).T)))
+            graph.node.remove(transpose)
+            return False
+        return True
+    graph.node.remove(transpose)
+    return False
+
+
+def _embedding(graph, gather, weight, recipe, data, block_for, dtype) -> bool:
+    """GatherBlockQuantized rows per the recipe's embedding setting; True when the float table is needed."""
+    from onnx import TensorProto, helper
+
+    quant = recipe.embedding
+    if quant is None or quant.is_float:
+        return True
+    from edgepack.exporters.onnx import NBits, _block_quantize_rows, _pack
+
+    block = block_for(NBits(quant.bits, quant.group_size, quant.symmetric, None), weight.shape[1], 1 << 16)
+    parts = [_block_quantize_rows(weight[i : i + ROWS_PER_CHUNK].float().numpy(), quant.bits, block, quant.symmetric)
+             for i in range(0, weight.shape[0], ROWS_PER_CHUNK)]  # fmt: skip
+    codes, scales, zeros = (np.concatenate([p[j] for p in parts]) for j in range(3))
+    name = gather.input[0]
+    qtype = TensorProto.UINT4 if quant.bits == 4 else TensorProto.UINT8
+    q_data = data.tensor(f"{name}_Q{quant.bits}", np.frombuffer(_pack(codes, quant.bits), np.uint8), qtype)
+    q_data.ClearField("dims")
+    q_data.dims.extend(codes.shape)
+    q_zeros = data.tensor(f"{name}_zp", np.frombuffer(_pack(zeros, quant.bits), np.uint8), qtype)
+    q_zeros.ClearField("dims")
+    q_zeros.dims.extend(zeros.shape)
+    q_scales = data.tensor(f"{name}_scales", scales.astype(np.float16 if dtype == "float16" else np.float32))
+    graph.initializer.extend([q_data, q_scales, q_zeros])
+    node = helper.make_node(
+        "GatherBlockQuantized", [q_data.name, gather.input[1], q_scales.name, q_zeros.name], list(gather.output),
+        name=gather.name + f"_Q{quant.bits}", domain="com.microsoft", gather_axis=0, quantize_axis=1,
+        block_size=block, bits=quant.bits,
+    )  # fmt: skip
+    _replace(graph, gather, node)
+    return False
+
+
+def _replace(graph, old, new) -> None:
+    position = list(graph.node).index(old)
+    graph.node.remove(old)
+    graph.node.insert(position, new)
+
+
+# --- codes ---------------------------------------------------------------------------------------------------
+
+
+ROWS_PER_CHUNK = 2048  # rows rounded at a time: float temporaries stay ~100 MB even for a 131k-row lm_head
+
+
+def block_codes(weight, bits: int, block: int, symmetric: bool):
+    """Unsigned codes [N, K_padded], scales [N, blocks] and zero points ([N, blocks], or None when symmetric:
+    the op's implicit 8 / 128). Symmetric rounding is torchao's mapping, as the parity harness applies it:
+    scale = max|w| / ((2^bits - 1) / 2), q in [-2^(bits-1), 2^(bits-1) - 1]. Computed in row chunks."""
+    parts = [_block_codes(weight[i : i + ROWS_PER_CHUNK], bits, block, symmetric)
+             for i in range(0, weight.shape[0], ROWS_PER_CHUNK)]  # fmt: skip
+    codes, scales = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return codes, scales, None if symmetric else np.concatenate([p[2] for p in parts])
+
+
+def _block_codes(weight, bits: int, block: int, symmetric: bool):
+    import torch
+
+    w = weight.float()
+    n, k = w.shape
+    blocks = -(-k // block)
+    if blocks * block != k:
+        w = torch.nn.functional.pad(w, (0, blocks * block - k))
+    g = w.reshape(n, blocks, block)
+    if symmetric:
+        half = 2 ** (bits - 1)
+        scale = g.abs().amax(-1).clamp(min=1e-12) / ((2**bits - 1) / 2)
+        q = (g / scale[..., None]).round().clamp(-half, half - 1) + half
+        return q.to(torch.uint8).reshape(n, blocks * block).numpy(), scale.numpy(), None
+    qmax = 2**bits - 1
+    lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
+    scale = ((hi - lo) / qmax).clamp(min=1e-12)
+    zero = (-lo / scale).round().clamp(0, qmax)
+    q = ((g / scale[..., None]).round() + zero[..., None]).clamp(0, qmax)
+    return q.to(torch.uint8).reshape(n, blocks * block).numpy(), scale.numpy(), zero.to(torch.uint8).numpy()
+
+
+def _pack_rows(codes: np.ndarray, bits: int, block: int) -> np.ndarray:
+    """[N, K_padded] codes -> MatMulNBits' B: [N, blocks, block * bits / 8] bytes."""
+    n, kp = codes.shape
+    if bits == 8:
+        return codes.reshape(n, kp // block, block)
+    packed = (codes[:, 0::2] & 0xF) | ((codes[:, 1::2] & 0xF) << 4)
+    return packed.astype(np.uint8).reshape(n, kp // block, block // 2)
+
+
+def _pack_zero_points(zeros: np.ndarray, bits: int) -> np.ndarray:
+    """[N, blocks] zero points -> uint8, 4-bit ones two a byte along the blocks of a row."""
+    if bits == 8:
+        return zeros.reshape(-1)
+    n, blocks = zeros.shape
+    if blocks % 2:
+        zeros = np.concatenate([zeros, np.zeros((n, 1), np.uint8)], axis=1)
+    return ((zeros[:, 0::2] & 0xF) | ((zeros[:, 1::2] & 0xF) << 4)).astype(np.uint8).reshape(-1)
