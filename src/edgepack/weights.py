@@ -124,3 +124,95 @@ def _check_complete(path: Path, model, unexpected: list[str]) -> None:
             f"The weights in {path} do not fit its config.json ({'; '.join(parts)}). "
             "Re-download the checkpoint, or check that config.json belongs to these weights."
         )
+
+
+# --- a model whose weights stay on disk ---------------------------------------------------------------------
+
+
+class TensorIndex:
+    """Random access to a checkpoint's exported tensors by their name in the model, one at a time."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        import torch
+
+        self.checkpoint = checkpoint
+        self.files = _tensor_files(checkpoint.weight_files)
+        self.block = checkpoint.quantization.get("weight_block_size")
+        self.source = getattr(torch, compute_dtype(checkpoint))
+        wrapper = checkpoint.wrapper
+        self.names = {}  # model name -> checkpoint name
+        for name in self.files:
+            if name.endswith(SCALE_SUFFIXES):
+                continue
+            target = wrapper.text_name(name) if wrapper else name
+            if target is not None:
+                self.names[target] = name
+
+    def read(self, target: str, dtype):
+        """The tensor the model calls ``target``, dequantized as ``load_streaming`` does, in ``dtype``."""
+        name = self.names[target]
+        tensor = _read(self.files, name)
+        if tensor.dtype in _fp8_dtypes():
+            tensor = dequantize_fp8(tensor, _read(self.files, f"{name}_scale_inv"), self.block, name).to(self.source)
+        return tensor.to(dtype)
+
+
+def load_layer_streamed(checkpoint: Checkpoint, dtype: str = "float32", attn_implementation: str | None = None,
+                        transform=None):  # fmt: skip
+    """``checkpoint``'s causal LM with no weights resident: each module reads its own parameters from the
+    checkpoint just before its forward and drops them right after, so a forward pass holds one layer's weights
+    (the largest: the embedding table or lm_head) instead of the model's. Every call re-reads the weights (from
+    the page cache once warm): for the parity reference, which must not hold a float32 copy of a 4B model.
+
+    ``transform(module_name, module, tensor) -> tensor`` rewrites each weight as it is read (the parity harness
+    applies the recipe's rounding with it)."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = getattr(torch, dtype)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(
+            checkpoint.config, dtype=torch_dtype, attn_implementation=attn_implementation,
+            trust_remote_code=checkpoint.trust_remote_code,
+        )  # fmt: skip
+    index = TensorIndex(checkpoint)
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    for module_name, module in model.named_modules():
+        own = [n for n, _ in module.named_parameters(recurse=False)]
+        if not own:
+            continue
+        sources = {}
+        for pname in own:
+            full = f"{module_name}.{pname}" if module_name else pname
+            if full not in index.names and tied and full == "lm_head.weight":
+                full = "model.embed_tokens.weight"
+            if full not in index.names:
+                raise CheckpointError(f"The weights in {checkpoint.path} have no tensor {full!r} for its config.")
+            sources[pname] = full
+        module.register_forward_pre_hook(_ReadWeights(index, module_name, sources, torch_dtype, transform))
+        module.register_forward_hook(_DropWeights(dict(module.named_parameters(recurse=False))))
+    return model.eval()
+
+
+class _ReadWeights:
+    def __init__(self, index: TensorIndex, module_name: str, sources: dict, dtype, transform):
+        self.index, self.module_name, self.sources = index, module_name, sources
+        self.dtype, self.transform = dtype, transform
+
+    def __call__(self, module, args):
+        import torch
+
+        for pname, source in self.sources.items():
+            tensor = self.index.read(source, self.dtype)
+            if self.transform is not None:
+                tensor = self.transform(self.module_name, module, tensor)
+            module._parameters[pname] = torch.nn.Parameter(tensor, requires_grad=False)
+
+
+class _DropWeights:
+    def __init__(self, placeholders: dict):
+        self.placeholders = placeholders  # the meta parameters the module holds between calls
+
+    def __call__(self, module, args, output):
+        module._parameters.update(self.placeholders)

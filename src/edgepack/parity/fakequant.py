@@ -18,18 +18,39 @@ def fake_quantize(model, recipe) -> bool:
     _untie(model, recipe)
     with torch.no_grad():
         for name, module in model.named_modules():
-            if not isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-                continue
-            quant = recipe.for_module(name)
-            if quant is None or quant.format != "linear":
-                continue
-            w = module.weight
-            if quant.is_float:
-                w.copy_(w.to(torch.float16 if quant.bits == 16 else torch.float32).float())
-            else:
-                w.copy_(_round(w.float(), quant.bits, quant.group_size, quant.symmetric))
-            changed = True
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) and _simulable(recipe.for_module(name)):
+                module.weight.copy_(round_weight(recipe.for_module(name), module.weight))
+                changed = True
     return changed
+
+
+def rounding(recipe, model):
+    """The recipe's rounding as a ``transform(module_name, module, weight)`` for a layer-streamed model
+    (``edgepack.weights.load_layer_streamed``), or None when the recipe changes none of ``model``'s weights."""
+    import torch
+
+    kinds = (torch.nn.Linear, torch.nn.Embedding)
+    if not any(isinstance(m, kinds) and _simulable(recipe.for_module(n)) for n, m in model.named_modules()):
+        return None
+
+    def transform(name, module, weight):
+        quant = recipe.for_module(name)
+        return round_weight(quant, weight) if isinstance(module, kinds) and _simulable(quant) else weight
+
+    return transform
+
+
+def round_weight(quant, weight):
+    """``weight`` as the recipe stores it, back in float32."""
+    import torch
+
+    if quant.is_float:
+        return weight.to(torch.float16 if quant.bits == 16 else torch.float32).float()
+    return _round(weight.float(), quant.bits, quant.group_size, quant.symmetric)
+
+
+def _simulable(quant) -> bool:
+    return quant is not None and quant.format == "linear"
 
 
 def _round(w, bits: int, group_size: int | None, symmetric: bool):

@@ -161,12 +161,26 @@ def _prompts(root, record, artifacts, prompts_file, decode_steps) -> list[Prompt
     return builtin_prompts(tokenizer, record["checkpoint"].get("sliding_window"), max_len)
 
 
-def _load(record: dict):
-    from edgepack.checkpoint import resolve
+def _load(record: dict, recipe=None):
+    """The fp32 eager reference; with ``recipe``, its weight rounding applied (None when it changes nothing).
 
-    ckpt = record["checkpoint"]
-    checkpoint = resolve(ckpt["path"], allow_pickle=True, trust_remote_code=False)
-    return checkpoint.load_model(dtype="float32", attn_implementation="eager")
+    safetensors checkpoints stream layer by layer (``load_layer_streamed``): a forward holds one module's fp32
+    weights, not the model's (a 4B model would need 14 GB)."""
+    from edgepack.checkpoint import resolve
+    from edgepack.parity.fakequant import fake_quantize, rounding
+    from edgepack.weights import load_layer_streamed
+
+    checkpoint = resolve(record["checkpoint"]["path"], allow_pickle=True, trust_remote_code=False)
+    if all(f.suffix == ".safetensors" for f in checkpoint.weight_files):
+        model = load_layer_streamed(checkpoint, "float32", "eager")
+        if recipe is None:
+            return model
+        transform = rounding(recipe, model)
+        return None if transform is None else load_layer_streamed(checkpoint, "float32", "eager", transform)
+    model = checkpoint.load_model(dtype="float32", attn_implementation="eager")
+    if recipe is not None and not fake_quantize(model, recipe):
+        return None
+    return model
 
 
 def _reference(record: dict, prompts: list[Prompt], decode_steps: int) -> _Reference:
@@ -193,14 +207,13 @@ def _quantized_reference(record: dict, reference: _Reference) -> list[np.ndarray
     """Logits of the recipe's weight quantization in eager torch, or None when it quantizes nothing."""
     import torch
 
-    from edgepack.parity.fakequant import fake_quantize
     from edgepack.recipes import Recipe
 
     recipe = Recipe.model_validate(record["recipe"])
     if not recipe.rules and recipe.embedding is None and recipe.lm_head is None:
         return None
-    model = _load(record)
-    if not fake_quantize(model, recipe):
+    model = _load(record, recipe)
+    if model is None:
         return None
     with torch.no_grad():
         logits = [model(torch.tensor([ids])).logits[0].float().numpy() for ids in reference.tokens]
