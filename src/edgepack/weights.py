@@ -157,15 +157,19 @@ class TensorIndex:
         return tensor.to(dtype)
 
 
+RESIDENT_BYTES = 2 << 30  # weights a layer-streamed model keeps once read: all of a small model, a 4B's first 2 GB
+
+
 def load_layer_streamed(checkpoint: Checkpoint, dtype: str = "float32", attn_implementation: str | None = None,
-                        transform=None):  # fmt: skip
+                        transform=None, resident_bytes: int = RESIDENT_BYTES):  # fmt: skip
     """``checkpoint``'s causal LM with no weights resident: each module reads its own parameters from the
     checkpoint just before its forward and drops them right after, so a forward pass holds one layer's weights
     (the largest: the embedding table or lm_head) instead of the model's. Every call re-reads the weights (from
     the page cache once warm): for the parity reference, which must not hold a float32 copy of a 4B model.
 
     ``transform(module_name, module, tensor) -> tensor`` rewrites each weight as it is read (the parity harness
-    applies the recipe's rounding with it)."""
+    applies the recipe's rounding with it). The first ``resident_bytes`` of weights read stay resident, so a
+    model that fits is read once."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
@@ -177,6 +181,7 @@ def load_layer_streamed(checkpoint: Checkpoint, dtype: str = "float32", attn_imp
             trust_remote_code=checkpoint.trust_remote_code,
         )  # fmt: skip
     index = TensorIndex(checkpoint)
+    budget = [resident_bytes]  # shared by the hooks: what may still stay resident
     tied = getattr(model.config, "tie_word_embeddings", False)
     for module_name, module in model.named_modules():
         own = [n for n, _ in module.named_parameters(recurse=False)]
@@ -190,29 +195,40 @@ def load_layer_streamed(checkpoint: Checkpoint, dtype: str = "float32", attn_imp
             if full not in index.names:
                 raise CheckpointError(f"The weights in {checkpoint.path} have no tensor {full!r} for its config.")
             sources[pname] = full
-        module.register_forward_pre_hook(_ReadWeights(index, module_name, sources, torch_dtype, transform))
-        module.register_forward_hook(_DropWeights(dict(module.named_parameters(recurse=False))))
+        placeholders = dict(module.named_parameters(recurse=False))  # meta: what the module holds between calls
+        reader = _ReadWeights(index, module_name, sources, torch_dtype, transform, budget)
+        module.register_forward_pre_hook(reader)
+        module.register_forward_hook(_DropWeights(reader, placeholders))
     return model.eval()
 
 
 class _ReadWeights:
-    def __init__(self, index: TensorIndex, module_name: str, sources: dict, dtype, transform):
+    def __init__(self, index: TensorIndex, module_name: str, sources: dict, dtype, transform, budget: list[int]):
         self.index, self.module_name, self.sources = index, module_name, sources
-        self.dtype, self.transform = dtype, transform
+        self.dtype, self.transform, self.budget = dtype, transform, budget
+        self.resident = False
 
     def __call__(self, module, args):
         import torch
 
+        if self.resident:
+            return
+        nbytes = 0
         for pname, source in self.sources.items():
             tensor = self.index.read(source, self.dtype)
             if self.transform is not None:
                 tensor = self.transform(self.module_name, module, tensor)
             module._parameters[pname] = torch.nn.Parameter(tensor, requires_grad=False)
+            nbytes += tensor.numel() * tensor.element_size()
+        if nbytes <= self.budget[0]:
+            self.budget[0] -= nbytes
+            self.resident = True
 
 
 class _DropWeights:
-    def __init__(self, placeholders: dict):
-        self.placeholders = placeholders  # the meta parameters the module holds between calls
+    def __init__(self, reader: _ReadWeights, placeholders: dict):
+        self.reader, self.placeholders = reader, placeholders
 
     def __call__(self, module, args, output):
-        module._parameters.update(self.placeholders)
+        if not self.reader.resident:
+            module._parameters.update(self.placeholders)

@@ -1,9 +1,11 @@
-"""The ONNX target: a KV-cache decoder in the onnxruntime-genai layout, quantized with onnxruntime's own tools.
+"""The ONNX target: a KV-cache decoder in the onnxruntime-genai layout, its weights written one tensor at a time.
 
-Stages: cast (fp32, or fp16 for an fp16 recipe) -> trace ``onnx_model.PastPresentCausalLM`` with
-torch.onnx.export (TorchScript, opset 20) + onnxruntime's basic optimizations -> quantize per recipe (MatMulNBits
-for linear layers, GatherBlockQuantized for the embedding) -> save (external data past 2 GB) -> genai_config.json
-+ tokenizer files beside the model, so that onnxruntime-genai runs the folder as it is.
+Stages: trace ``onnx_model.PastPresentCausalLM`` without its weights (TorchScript exporter, opset 20, the weights
+as named graph inputs; onnxruntime's basic optimizations fold the shape arithmetic) -> attach each weight per
+recipe, streamed into ``model.onnx.data`` (``onnx_weights``: MatMulNBits for linear layers with the same codes as
+the torch-side rounding, GatherBlockQuantized for the embedding, float tensors otherwise) -> inline the data when
+the model fits one protobuf -> genai_config.json + tokenizer files beside the model, so that onnxruntime-genai
+runs the folder as it is. Peak memory: the model in its checkpoint dtype plus one tensor's rounding (3.4B: 5.2 GB).
 
 Graph interface (the optimum / onnxruntime-genai layout): inputs ``input_ids``, ``attention_mask`` (over past +
 new tokens), ``position_ids``, ``past_key_values.N.key/value`` [1, kv_heads, past, head_dim]; outputs
