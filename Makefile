@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-slow test-all lint bench clean
+.PHONY: setup demo test test-slow test-all lint bench bench-4b clean
 
 $(BIN)/edgepack: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,5 +33,9 @@ lint: setup
 bench: setup  ## speed and memory of the SmolLM2 int4-block32 artifacts beside the anchors
 	$(BIN)/edgepack bench artifacts/bench --build --anchors --report
 
+bench-4b: setup  ## wall time and peak RSS per stage: a random 3.4B Ministral 3 checkpoint, then SmolLM2
+	$(BIN)/edgepack bench-stages ministral3-3b --out artifacts/bench-4b --target onnx,coreml,executorch --limit-gb 16
+	$(BIN)/edgepack bench-stages smollm2 --out artifacts/bench-smollm2 --target onnx,coreml,executorch
+
 clean:
-	rm -rf artifacts/demo artifacts/bench artifacts/bench.anchors .pytest_cache  # artifacts/.anchors-venv is kept: it takes long to build
+	rm -rf artifacts/demo artifacts/bench artifacts/bench.anchors artifacts/bench-4b artifacts/bench-smollm2 .pytest_cache  # artifacts/.anchors-venv is kept: it takes long to build

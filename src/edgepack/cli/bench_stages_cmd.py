@@ -23,13 +23,19 @@ from edgepack.cli._common import Progress, handle_errors, print_json
 @click.option("-q", "--quiet", is_flag=True)
 @handle_errors
 def bench_stages(model, out, recipe, targets, max_seq_len, limit_gb, no_parity, as_json, quiet):
-    """Run each stage for MODEL (a folder, or the preset ``ministral3-3b``: a random checkpoint with Ministral 3
-    3B's text configuration, built once) in its own process and print wall time and peak RSS per stage."""
+    """Run each stage for MODEL (a folder; ``smollm2``, the built-in real model; or ``ministral3-3b``, a random
+    checkpoint with Ministral 3 3B's text configuration, built once) in its own process and print wall time and
+    peak RSS per stage."""
     from edgepack.bench_stages import PRESETS, checkpoint_bytes, format_table, random_checkpoint, run_stages, to_json
     from edgepack.checkpoint import resolve
 
     with Progress(quiet) as say:
-        path = random_checkpoint(model, progress=say) if model in PRESETS else Path(model)
+        if model == "smollm2":
+            from edgepack.demo import smollm2_checkpoint
+
+            path = smollm2_checkpoint()
+        else:
+            path = random_checkpoint(model, progress=say) if model in PRESETS else Path(model)
         params = resolve(path).num_parameters
         out.mkdir(parents=True, exist_ok=True)
         chosen = [t.strip() for t in targets.split(",") if t.strip()]
