@@ -427,3 +427,17 @@ def test_onnxruntime_genai_runs_the_ministral3_folder_with_mistral_commons_ids(i
         generator.generate_next_token()
         steps += 1
     assert steps == 8
+
+
+@pytest.mark.parametrize("fp8", ["tensor", "block"])
+def test_fp8_weights_stream_in_bit_identical_to_transformers_dequantization(mistral3, fp8):
+    """Per tensor and per 32x32 block: the streamed load equals transformers' own CPU dequantization (bf16)."""
+    from transformers import Mistral3ForConditionalGeneration
+
+    path = mistral3(fp8)
+    ours = resolve(path).load_model()
+    theirs = Mistral3ForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16).state_dict()
+    assert next(ours.parameters()).dtype == torch.bfloat16
+    for name, tensor in ours.state_dict().items():
+        key = "model.language_model." + name.removeprefix("model.") if name.startswith("model.") else name
+        assert torch.equal(theirs[key], tensor), name

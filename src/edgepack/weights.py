@@ -24,15 +24,9 @@ from edgepack.errors import CheckpointError
 def load_streaming(checkpoint: Checkpoint, dtype: str | None = None, attn_implementation: str | None = None):
     """``checkpoint``'s causal LM in ``dtype`` (default: the checkpoint's; FP8 -> bfloat16), eval mode."""
     import torch
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
 
     torch_dtype = getattr(torch, dtype or compute_dtype(checkpoint))
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(
-            checkpoint.config, dtype=torch_dtype, attn_implementation=attn_implementation,
-            trust_remote_code=checkpoint.trust_remote_code,
-        )  # fmt: skip
+    model = _empty_model(checkpoint, torch_dtype, attn_implementation)
     state = dict(iter_tensors(checkpoint, torch_dtype))
     result = model.load_state_dict(state, strict=False, assign=True)
     del state
@@ -42,6 +36,18 @@ def load_streaming(checkpoint: Checkpoint, dtype: str | None = None, attn_implem
     return model.eval()
 
 
+def _empty_model(checkpoint: Checkpoint, torch_dtype, attn_implementation: str | None):
+    """The model's modules with their parameters on the meta device (buffers, e.g. rotary tables, are real)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        return AutoModelForCausalLM.from_config(
+            checkpoint.config, dtype=torch_dtype, attn_implementation=attn_implementation,
+            trust_remote_code=checkpoint.trust_remote_code,
+        )  # fmt: skip
+
+
 def compute_dtype(checkpoint: Checkpoint) -> str:
     """The config's dtype where it is a float compute dtype; bfloat16 otherwise (e.g. an FP8 checkpoint's)."""
     dtype = checkpoint.dtype.removeprefix("torch.")
@@ -49,28 +55,10 @@ def compute_dtype(checkpoint: Checkpoint) -> str:
 
 
 def iter_tensors(checkpoint: Checkpoint, dtype) -> Iterator[tuple[str, Any]]:
-    """(name in the exported model, tensor in ``dtype``) for every exported tensor, one file at a time."""
-    from safetensors import safe_open
-
-    import torch
-
-    block = checkpoint.quantization.get("weight_block_size")
-    # FP8 is dequantized to the checkpoint's compute dtype first (as transformers does), so every consumer (the
-    # exports, the fp32 parity reference) sees the same weight values whatever dtype it asks for.
-    source = getattr(torch, compute_dtype(checkpoint))
-    files = _tensor_files(checkpoint.weight_files)
-    for path in checkpoint.weight_files:
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                if name.endswith(SCALE_SUFFIXES) or name.endswith("rotary_emb.inv_freq"):
-                    continue
-                target = checkpoint.wrapper.text_name(name) if checkpoint.wrapper else name
-                if target is None:
-                    continue  # a part the export leaves out (a wrapper's vision encoder): never read
-                tensor = f.get_tensor(name)
-                if tensor.dtype in _fp8_dtypes():
-                    tensor = dequantize_fp8(tensor, _read(files, f"{name}_scale_inv"), block, name).to(source)
-                yield target, tensor.to(dtype)
+    """(name in the exported model, tensor in ``dtype``) for every exported tensor, one at a time."""
+    index = TensorIndex(checkpoint)
+    for target in index.names:
+        yield target, index.read(target, dtype)
 
 
 def dequantize_fp8(weight, scale, block: list[int] | None, name: str = "weight"):
@@ -130,7 +118,9 @@ def _check_complete(path: Path, model, unexpected: list[str]) -> None:
 
 
 class TensorIndex:
-    """Random access to a checkpoint's exported tensors by their name in the model, one at a time."""
+    """Random access to a checkpoint's exported tensors by their name in the model, one at a time: a multimodal
+    wrapper's text decoder renamed, its vision parts absent; FP8 dequantized to the compute dtype first (as
+    transformers does), so every consumer sees the same values whatever dtype it asks for."""
 
     def __init__(self, checkpoint: Checkpoint):
         import torch
@@ -142,8 +132,8 @@ class TensorIndex:
         wrapper = checkpoint.wrapper
         self.names = {}  # model name -> checkpoint name
         for name in self.files:
-            if name.endswith(SCALE_SUFFIXES):
-                continue
+            if name.endswith(SCALE_SUFFIXES) or name.endswith("rotary_emb.inv_freq"):
+                continue  # scales are read with their weight; old checkpoints saved rotary tables
             target = wrapper.text_name(name) if wrapper else name
             if target is not None:
                 self.names[target] = name
@@ -171,15 +161,9 @@ def load_layer_streamed(checkpoint: Checkpoint, dtype: str = "float32", attn_imp
     applies the recipe's rounding with it). The first ``resident_bytes`` of weights read stay resident, so a
     model that fits is read once."""
     import torch
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
 
     torch_dtype = getattr(torch, dtype)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(
-            checkpoint.config, dtype=torch_dtype, attn_implementation=attn_implementation,
-            trust_remote_code=checkpoint.trust_remote_code,
-        )  # fmt: skip
+    model = _empty_model(checkpoint, torch_dtype, attn_implementation)
     index = TensorIndex(checkpoint)
     budget = [resident_bytes]  # shared by the hooks: what may still stay resident
     tied = getattr(model.config, "tie_word_embeddings", False)
