@@ -216,3 +216,30 @@ class _DropWeights:
     def __call__(self, module, args, output):
         if not self.reader.resident:
             module._parameters.update(self.placeholders)
+
+
+# --- stand-ins for tracing -----------------------------------------------------------------------------------
+
+
+def swap_for_stand_ins(model, dtype, matrices_only: bool = False) -> dict:
+    """Replace each parameter by a one-element stride-0 stand-in of its shape (tied ones stay tied); return
+    parameter name -> real tensor. Distinct stand-in values keep the tracer from merging two as duplicates.
+
+    Exporters trace the stand-ins and write each real tensor on its own afterwards. ``matrices_only`` keeps
+    vectors (norm weights, biases: small) real, for a converter that folds them into other constants."""
+    import torch
+
+    real, stand_ins = {}, {}
+    for module_name, module in model.named_modules():
+        for pname, param in list(module.named_parameters(recurse=False)):
+            if matrices_only and param.dim() < 2:
+                continue
+            if id(param) not in stand_ins:
+                value = torch.full((1,), 1e-3 * (1 + len(stand_ins) % 97), dtype=dtype)
+                stand_ins[id(param)] = torch.nn.Parameter(value.expand(param.shape), requires_grad=False)
+                real[f"{module_name}.{pname}" if module_name else pname] = param.detach()
+            setattr(module, pname, stand_ins[id(param)])
+        for bname, buffer in list(module.named_buffers(recurse=False)):
+            if buffer is not None and buffer.is_floating_point():
+                module._buffers[bname] = buffer.to(dtype)  # as a whole-model cast would (rotary tables, ...)
+    return real

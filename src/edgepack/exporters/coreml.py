@@ -63,6 +63,10 @@ class CoreMLExporter:
         return lines
 
     def export(self, model, request: ExportRequest) -> Artifact:
+        import torch
+
+        from edgepack.weights import swap_for_stand_ins
+
         start = time.perf_counter()
         out = Path(request.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -70,9 +74,12 @@ class CoreMLExporter:
         request.progress(
             f"coreml: converting ({compute_name(compute)} compute, {request.max_seq_len} tokens)"
         )
+        names = module_names(model)
+        # The program is converted around one-element stand-ins; each real weight joins it when it is compressed.
+        real = swap_for_stand_ins(model, torch.float32, matrices_only=True)  # coremltools folds vectors (1 + w)
         mlmodel, layout = convert(model, request.max_seq_len, compute)
-        request.progress(f"coreml: compressing weights per recipe {recipe.name}")
-        mlmodel = compress(mlmodel, recipe, module_names(model))
+        request.progress(f"coreml: writing the weights per recipe {recipe.name}, one tensor at a time")
+        mlmodel = compress(mlmodel, recipe, names, real)
         add_metadata(mlmodel, request, compute, layout)
         package = out / PACKAGE
         mlmodel.save(str(package))
@@ -198,8 +205,12 @@ def module_names(model) -> dict[str, str]:
     return names
 
 
-def compress(mlmodel, recipe, names: dict[str, str]):
-    """Apply the recipe's weight formats (linear quantization, palettization) to each weight by module name."""
+def compress(mlmodel, recipe, names: dict[str, str], real: dict | None = None):
+    """Apply the recipe's weight formats (linear quantization, palettization) to each weight by module name.
+
+    ``real`` (parameter name -> tensor): the program was converted around stand-ins; each const takes its real
+    value just before it is compressed (``_RealWeightQuantizer``), so float values of the whole model never sit in
+    the program at once. Consts the recipe keeps float take theirs afterwards."""
     import coremltools.optimize.coreml as cto
 
     linear, palette = {}, {}
@@ -209,11 +220,106 @@ def compress(mlmodel, recipe, names: dict[str, str]):
         quant = recipe.for_module(module) if module else None
         if quant is not None and not quant.is_float:
             (palette if quant.format == "palette" else linear)[op.name] = op_config(quant)
-    if linear:
+    if real is not None:
+        # On the in-memory program: coremltools' own helper would load a second copy of it from the package.
+        values = _real_values(mlmodel, real)
+        prog = mlmodel._mil_program
+        for function in prog.functions.values():
+            function._essential_scope_sources = []  # new ops carry no torch scope (as in a program read back)
+        if linear:
+            _RealWeightQuantizer(cto.OptimizationConfig(op_name_configs=linear), values).apply(prog)
+        _RealWeights(values).apply(prog)
+        mlmodel = _rebuilt(prog, mlmodel)
+    elif linear:
         mlmodel = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(op_name_configs=linear))
     if palette:
         mlmodel = cto.palettize_weights(mlmodel, cto.OptimizationConfig(op_name_configs=palette))
     return mlmodel
+
+
+def _real_values(mlmodel, real: dict) -> dict:
+    """Program const name -> a function giving its real value (numpy, the const's dtype), for every const that
+    stands in for a parameter; a parameter no const stands for means the program folded it into something else,
+    which this mapping cannot follow: an error, never a silently wrong weight."""
+    consts = {op.name.removesuffix("_to_fp16"): op for op in mlmodel._mil_program.functions["main"].operations
+              if op.op_type == "const"}  # fmt: skip
+    values, missing = {}, []
+    for param, tensor in real.items():
+        op = consts.get(param.replace(".", "_"))
+        if op is None:
+            missing.append(param)
+            continue
+        dtype = op.outputs[0].val.dtype
+        values[op.name] = lambda t=tensor, d=dtype: t.float().numpy().astype(d)
+    if missing:
+        raise ExportError(
+            f"Core ML conversion folded weights into other constants ({', '.join(missing[:3])}); edgepack cannot "
+            "attach them. Report the architecture; exporting to other targets is unaffected."
+        )
+    return values
+
+
+def _rebuilt(prog, mlmodel):
+    """The MLModel of ``prog`` after its weights changed (what coremltools' _apply_graph_pass does last)."""
+    from coremltools.converters.mil.converter import mil_convert
+
+    spec = mlmodel.get_spec()
+    return mil_convert(
+        prog, convert_to="mlprogram", convert_from="milinternal", specification_version=spec.specificationVersion,
+        compute_units=mlmodel.compute_unit, model_description=spec.description, skip_model_load=True,
+    )  # fmt: skip
+
+
+def _replace_const(op, value):
+    """A new const holding ``value`` in place of ``op`` (inside a pass's block context); returns its op."""
+    from coremltools.converters.mil import Builder as mb
+
+    name = op.name  # the replacement keeps the name: recipes and readers find weights by it
+    op.name = op.outputs[0].name = name + "_stand_in"
+    new = mb.const(val=value, before_op=op, name=name)
+    op.enclosing_block.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=new)
+    op.enclosing_block.remove_ops([op])
+    return new.op
+
+
+def _quantizer_pass():
+    from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights
+
+    return linear_quantize_weights
+
+
+class _RealWeights:
+    """A graph pass giving every remaining stand-in const its real value."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def apply(self, prog):
+        from coremltools.converters.mil.mil.passes.helper import block_context_manager
+
+        @block_context_manager
+        def apply_block(block):
+            for op in list(block.operations):
+                if op.op_type == "const" and op.name in self.values:
+                    _replace_const(op, self.values.pop(op.name)())
+
+        for function in prog.functions.values():
+            apply_block(function)
+
+
+def _RealWeightQuantizer(config, values: dict):
+    """coremltools' linear_quantize_weights pass, compressing each const's real value as it is swapped in."""
+
+    class Quantizer(_quantizer_pass()):
+        def transform_op(self, op):
+            value = values.pop(op.name, None)
+            if value is not None:
+                op_config = self.config._get_const_op_config(op)
+                op = _replace_const(op, value())
+                self.config.set_op_name(op.name, op_config)
+            super().transform_op(op)
+
+    return Quantizer(config=config)
 
 
 def op_config(quant):

@@ -72,7 +72,9 @@ def trace(model, wrapper_cls, example_inputs, names: dict, dynamic_axes: dict, o
     import onnx
     import torch
 
-    real = _swap_for_stand_ins(model, dtype)
+    from edgepack.weights import swap_for_stand_ins
+
+    real = swap_for_stand_ins(model, dtype)
     wrapper = wrapper_cls(model).eval()
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -87,25 +89,6 @@ def trace(model, wrapper_cls, example_inputs, names: dict, dynamic_axes: dict, o
     # The wrapper names its parameters "m.<module path>"; the stand-ins' real tensors are keyed the same way.
     weights = {i.name: real[i.name.removeprefix("m.")] for i in proto.graph.input if i.name.removeprefix("m.") in real}
     return Traced(proto, weights, "float16" if dtype == torch.float16 else "float32")
-
-
-def _swap_for_stand_ins(model, dtype) -> dict:
-    """Replace each parameter by a one-element stride-0 stand-in of its shape (tied ones stay tied); return
-    parameter name -> real tensor. Distinct stand-in values keep the tracer from merging two as duplicates."""
-    import torch
-
-    real, stand_ins = {}, {}
-    for module_name, module in model.named_modules():
-        for pname, param in list(module.named_parameters(recurse=False)):
-            if id(param) not in stand_ins:
-                value = torch.full((1,), 1e-3 * (1 + len(stand_ins) % 97), dtype=dtype)
-                stand_ins[id(param)] = torch.nn.Parameter(value.expand(param.shape), requires_grad=False)
-                real[f"{module_name}.{pname}" if module_name else pname] = param.detach()
-            setattr(module, pname, stand_ins[id(param)])
-        for bname, buffer in list(module.named_buffers(recurse=False)):
-            if buffer is not None and buffer.is_floating_point():
-                module._buffers[bname] = buffer.to(dtype)  # as a whole-model cast would (rotary tables, ...)
-    return real
 
 
 def _basic_optimizations(path: Path) -> Path:
