@@ -6,8 +6,8 @@ and appended to the external data file, so the export never holds a float copy o
 real tensors aside; onnxruntime's basic optimizations then fold the graph's constant shape arithmetic while the
 weights are still inputs. ``attach`` turns each weight input into what its consumers need:
 
-- ``Transpose -> MatMul`` (a linear layer): ``MatMulNBits`` with the recipe's codes (``block_codes``, the same
-  rounding the parity harness applies in torch), or the transposed float weight;
+- ``Transpose -> MatMul`` (a linear layer): ``MatMulNBits`` with the recipe's codes (``block_codes``: onnxruntime's
+  own rounding, computed in torch a tensor at a time), or the transposed float weight;
 - ``Gather`` (the embedding table): ``GatherBlockQuantized`` rows, or the float table;
 - anything else (norm weights, biases): the float tensor.
 A tied embedding read both ways keeps one float table (lm_head through a Transpose) unless the recipe quantizes
@@ -221,8 +221,10 @@ ROWS_PER_CHUNK = 2048  # rows rounded at a time: float temporaries stay ~100 MB 
 
 def block_codes(weight, bits: int, block: int, symmetric: bool):
     """Unsigned codes [N, K_padded], scales [N, blocks] and zero points ([N, blocks], or None when symmetric:
-    the op's implicit 8 / 128). Symmetric rounding is torchao's mapping, as the parity harness applies it:
-    scale = max|w| / ((2^bits - 1) / 2), q in [-2^(bits-1), 2^(bits-1) - 1]. Computed in row chunks."""
+    the op's implicit 8 / 128). Symmetric rounding is onnxruntime's own (MLAS): the block's largest-magnitude
+    value v, sign kept, sets scale = v / -2^(bits-1), so it lands exactly on the grid's extra negative level and
+    the step is max|w| / 8 (int4) rather than torchao's max|w| / 7.5 (measured on SmolLM2 int4-block32: top-1
+    0.67 against 0.57). Computed in row chunks."""
     parts = [_block_codes(weight[i : i + ROWS_PER_CHUNK], bits, block, symmetric)
              for i in range(0, weight.shape[0], ROWS_PER_CHUNK)]  # fmt: skip
     codes, scales = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -240,8 +242,9 @@ def _block_codes(weight, bits: int, block: int, symmetric: bool):
     g = w.reshape(n, blocks, block)
     if symmetric:
         half = 2 ** (bits - 1)
-        scale = g.abs().amax(-1).clamp(min=1e-12) / ((2**bits - 1) / 2)
-        q = (g / scale[..., None]).round().clamp(-half, half - 1) + half
+        extreme = g.gather(-1, g.abs().argmax(-1, keepdim=True)).squeeze(-1)
+        scale = torch.where(extreme == 0, torch.ones_like(extreme), extreme / -half)
+        q = ((g / scale[..., None]).round() + half).clamp(0, 2**bits - 1)
         return q.to(torch.uint8).reshape(n, blocks * block).numpy(), scale.numpy(), None
     qmax = 2**bits - 1
     lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
