@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,27 +152,34 @@ def watch(stage: str, cmd: list[str], limit_gb: float) -> StageResult:
     """Run ``cmd``; sample the RSS of its process tree; kill the tree past ``limit_gb``."""
     limit = int(limit_gb * GIB)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty stage must never block on a full pipe
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
     peak, killed, high_water = 0, False, {}
-    while proc.poll() is None:
+    while True:
+        # wait4 reaps the stage with its own rusage: ru_maxrss is its peak even when it ends between samples.
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            peak = max(peak, usage.ru_maxrss * 1024)
+            break
         rss = tree_rss(proc.pid, high_water)
         # The kernel's per-process high-water marks catch what a 0.1 s sampler misses; their sum bounds the
         # tree's peak from above.
         peak = max(peak, rss, sum(high_water.values()))
-        if rss > limit:
+        if rss > limit and not killed:
             os.killpg(proc.pid, signal.SIGKILL)
             killed = True
-            break
         time.sleep(0.1)
-    proc.wait()
     seconds = time.perf_counter() - start
     if killed:
         status = f"killed past {limit_gb:g} GB"
     elif proc.returncode not in (0, 1):  # parity exits 1 when it fails: the stage itself ran
-        tail = (proc.stderr.read() or b"").decode(errors="replace").strip().splitlines()[-1:]
+        log.seek(0)
+        tail = log.read().decode(errors="replace").strip().splitlines()[-1:]
         status = f"failed (exit {proc.returncode}{': ' + tail[0][:120] if tail else ''})"
     else:
         status = "ok" if proc.returncode == 0 else "ok (parity failed)"
+    log.close()
     return StageResult(stage, round(seconds, 1), peak, status)
 
 
