@@ -380,3 +380,23 @@ def greedy_reference(path: Path, prompt: list[int], steps: int) -> list[int]:
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=steps, do_sample=False)
     return out[0, len(prompt) :].tolist()
+
+
+def test_a_hundred_stand_ins_stay_distinct_through_the_conversion(tiny_checkpoint, tmp_path):
+    """coremltools deduplicates equal consts of equal shape; stand-ins that repeated their value every 97 merged
+    on SmolLM2 (30 layers) and the export had to refuse it. 15 layers = 106 matrices: each must reach the program
+    under its own name."""
+    from edgepack.checkpoint import resolve
+    from edgepack.exporters import ExportRequest
+    from edgepack.exporters.coreml import CoreMLExporter
+    from edgepack.recipes import load_recipe
+
+    checkpoint = resolve(tiny_checkpoint("llama", num_hidden_layers=15, hidden_size=32, intermediate_size=64,
+                                         num_attention_heads=2, num_key_value_heads=1))  # fmt: skip
+    folder = tmp_path / "coreml"
+    folder.mkdir()
+    request = ExportRequest(checkpoint, load_recipe("int4-block32"), 32, folder)
+    artifact = CoreMLExporter().export(checkpoint.load_model(), request)
+    artifact.save(folder)
+    weights = program_weights(tmp_path / artifact.path)
+    assert sum(1 for name in weights if "layers_14_" in name) == 7

@@ -223,7 +223,8 @@ class _DropWeights:
 
 def swap_for_stand_ins(model, dtype, matrices_only: bool = False) -> dict:
     """Replace each parameter by a one-element stride-0 stand-in of its shape (tied ones stay tied); return
-    parameter name -> real tensor. Distinct stand-in values keep the tracer from merging two as duplicates.
+    parameter name -> real tensor. Distinct stand-in values keep the tracers and coremltools' const deduplication
+    from merging two of the same shape (they did, on SmolLM2's 30 layers, when values repeated every 97).
 
     Exporters trace the stand-ins and write each real tensor on its own afterwards. ``matrices_only`` keeps
     vectors (norm weights, biases: small) real, for a converter that folds them into other constants."""
@@ -235,7 +236,7 @@ def swap_for_stand_ins(model, dtype, matrices_only: bool = False) -> dict:
             if matrices_only and param.dim() < 2:
                 continue
             if id(param) not in stand_ins:
-                value = torch.full((1,), 1e-3 * (1 + len(stand_ins) % 97), dtype=dtype)
+                value = _distinct_value(len(stand_ins)).to(dtype).reshape(1)
                 stand_ins[id(param)] = torch.nn.Parameter(value.expand(param.shape), requires_grad=False)
                 real[f"{module_name}.{pname}" if module_name else pname] = param.detach()
             setattr(module, pname, stand_ins[id(param)])
@@ -243,3 +244,13 @@ def swap_for_stand_ins(model, dtype, matrices_only: bool = False) -> dict:
             if buffer is not None and buffer.is_floating_point():
                 module._buffers[bname] = buffer.to(dtype)  # as a whole-model cast would (rotary tables, ...)
     return real
+
+
+def _distinct_value(index: int):
+    """The index-th of 7,168 values in [2^-8, 0.5) that stay distinct in fp16 (successive fp16 bit patterns),
+    so stand-ins differ in fp32 and after a cast to fp16 (Core ML's compute precision)."""
+    import torch
+
+    if index >= 0x3800 - 0x1C00:
+        raise ValueError("more than 7168 weight matrices: no distinct fp16 stand-in left")
+    return torch.tensor(0x1C00 + index, dtype=torch.int16).view(torch.float16).float()
