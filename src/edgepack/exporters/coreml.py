@@ -282,12 +282,6 @@ def _replace_const(op, value):
     return new.op
 
 
-def _quantizer_pass():
-    from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights
-
-    return linear_quantize_weights
-
-
 class _RealWeights:
     """A graph pass giving every remaining stand-in const its real value."""
 
@@ -309,8 +303,9 @@ class _RealWeights:
 
 def _RealWeightQuantizer(config, values: dict):
     """coremltools' linear_quantize_weights pass, compressing each const's real value as it is swapped in."""
+    from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights
 
-    class Quantizer(_quantizer_pass()):
+    class Quantizer(linear_quantize_weights):
         def transform_op(self, op):
             value = values.pop(op.name, None)
             if value is not None:

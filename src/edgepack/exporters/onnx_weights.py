@@ -42,7 +42,8 @@ class ExternalData:
         self.file = path.open("wb")
         self.offset = 0
 
-    def tensor(self, name: str, array: np.ndarray, onnx_type: int | None = None):
+    def tensor(self, name: str, array: np.ndarray, onnx_type: int | None = None, dims: tuple | None = None):
+        """An initializer for ``array``'s bytes; ``onnx_type``/``dims`` describe packed sub-byte data (uint4)."""
         from onnx import TensorProto, helper
 
         data = np.ascontiguousarray(array)
@@ -52,7 +53,7 @@ class ExternalData:
         self.offset += pad
         self.file.write(raw)
         dtype = onnx_type if onnx_type is not None else helper.np_dtype_to_tensor_dtype(data.dtype)
-        shape = list(array.shape)
+        shape = list(dims if dims is not None else array.shape)
         tensor = TensorProto(name=name, data_type=dtype, dims=shape, data_location=TensorProto.EXTERNAL)
         for key, value in (("location", self.path.name), ("offset", str(self.offset)), ("length", str(len(raw)))):
             entry = tensor.external_data.add()
@@ -190,12 +191,8 @@ def _embedding(graph, gather, weight, recipe, data, block_for, dtype) -> bool:
     codes, scales, zeros = (np.concatenate([p[j] for p in parts]) for j in range(3))
     name = gather.input[0]
     qtype = TensorProto.UINT4 if quant.bits == 4 else TensorProto.UINT8
-    q_data = data.tensor(f"{name}_Q{quant.bits}", np.frombuffer(_pack(codes, quant.bits), np.uint8), qtype)
-    q_data.ClearField("dims")
-    q_data.dims.extend(codes.shape)
-    q_zeros = data.tensor(f"{name}_zp", np.frombuffer(_pack(zeros, quant.bits), np.uint8), qtype)
-    q_zeros.ClearField("dims")
-    q_zeros.dims.extend(zeros.shape)
+    q_data = data.tensor(f"{name}_Q{quant.bits}", np.frombuffer(_pack(codes, quant.bits), np.uint8), qtype, codes.shape)
+    q_zeros = data.tensor(f"{name}_zp", np.frombuffer(_pack(zeros, quant.bits), np.uint8), qtype, zeros.shape)
     q_scales = data.tensor(f"{name}_scales", scales.astype(np.float16 if dtype == "float16" else np.float32))
     graph.initializer.extend([q_data, q_scales, q_zeros])
     node = helper.make_node(
