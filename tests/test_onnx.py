@@ -228,49 +228,6 @@ def test_quantized_graph_runs_close_to_eager(
     assert 1e-4 < metrics["max_abs_diff"] < max_diff and metrics["cosine"] > min_cosine
 
 
-def test_matmul_nbits_holds_exactly_the_codes_edgepack_computes(tiny_checkpoint, tmp_path):
-    """The codes and scales in the file, read back, are ``block_codes`` of the checkpoint's weight: computed once in
-    torch, a tensor at a time, and packed as they are."""
-    import onnx
-    from onnx import numpy_helper
-
-    from edgepack.checkpoint import resolve
-    from edgepack.exporters.onnx_weights import block_codes
-
-    checkpoint, artifact = export(tiny_checkpoint("llama"), tmp_path, "int4-block32")
-    proto = onnx.load(tmp_path / artifact.path)
-    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    node = next(n for n in proto.graph.node if n.op_type == "MatMulNBits" and "layers.0/mlp/up_proj" in n.name)
-    attrs = {a.name: a.i for a in node.attribute}
-    packed, scales = inits[node.input[1]], inits[node.input[2]]
-    n = attrs["N"]
-    file_codes = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(n, -1)
-    weight = resolve(tiny_checkpoint("llama")).load_model("float32").model.layers[0].mlp.up_proj.weight.detach()
-    codes, want_scales, zeros = block_codes(weight, 4, attrs["block_size"], True)
-    assert zeros is None and np.array_equal(file_codes, codes)
-    np.testing.assert_array_equal(scales.reshape(n, -1), want_scales)
-
-
-@pytest.mark.parametrize("bits", [4, 8])
-def test_symmetric_codes_are_onnxruntimes_own_rounding(bits):
-    """block_codes reproduces onnxruntime's MLAS quantizer bit for bit (codes and scales), at 4 and 8 bits."""
-    import torch
-    from onnxruntime.capi import _pybind_state as ort_c
-
-    from edgepack.exporters.onnx_weights import _pack_rows, block_codes
-
-    n, k, block = 16, 96, 32
-    weight = torch.randn(n, k, generator=torch.Generator().manual_seed(bits))
-    packed = np.zeros((n, k // block, block * bits // 8), dtype=np.uint8)
-    scales = np.zeros(n * (k // block), dtype=np.float32)
-    zero_points = np.zeros(n * (k // block), dtype=np.uint8)
-    quantize = ort_c.quantize_matmul_4bits if bits == 4 else ort_c.quantize_matmul_8bits
-    quantize(packed, np.ascontiguousarray(weight.numpy().T), scales, zero_points, block, n, k, True)
-    codes, ours, _ = block_codes(weight, bits, block, True)
-    np.testing.assert_array_equal(_pack_rows(codes, bits, block), packed)
-    np.testing.assert_array_equal(ours.reshape(-1), scales)
-
-
 def test_fp16_export_runs_close_to_eager(tiny_checkpoint, tmp_path):
     checkpoint, artifact = export(tiny_checkpoint("qwen2"), tmp_path, "fp16")
     assert artifact.details["kv_dtype"] == "float16" and artifact.unhonoured == []

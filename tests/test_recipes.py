@@ -69,7 +69,7 @@ def test_misspelled_and_invalid_keys_are_all_reported(tmp_path):
         load_recipe(bad)
     msg = str(info.value)
     assert str(bad) in msg
-    assert "rulez: unknown key; allowed keys: description, dtype, embedding, lm_head, name, parity, rules" in msg
+    assert "rulez: unknown key; allowed keys: description, dtype, embedding, lm_head, method, name, parity, rules" in msg
     assert "rules.0.weights.bits" in msg and "4, 8, 16 or 32" in msg
     assert "embedding.bitz: unknown key; allowed keys: activations, bits, format, group_size, symmetric" in msg
     assert "parity.min_top: unknown key" in msg

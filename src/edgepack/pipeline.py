@@ -1,7 +1,9 @@
 """The export pipeline, as its stages:
 
 1. load      ``edgepack.checkpoint.resolve``: find and check the checkpoint (nothing of it runs).
-2. quantize  inside each backend: the recipe is translated per backend (``edgepack.quantize`` for torch).
+2. quantize  ``edgepack.codes.codes_for``: every quantized weight's integer codes, computed once (GPTQ or
+             round-to-nearest, per the recipe's method) and cached; each backend packs exactly those codes
+             (a backend without zero points, XNNPACK, gets the recipe's symmetric variant's codes).
 3. export    ``edgepack.exporters.<target>``: one artifact per target, each from a freshly loaded model in
              the checkpoint's dtype (exporters may quantize in place; only one model is in memory at a time).
 4. verify    ``edgepack.parity.harness.check_parity``: every artifact against the fp32 eager reference.
@@ -74,12 +76,14 @@ def export(
     trust_remote_code: bool = False,
     fallback: Any = None,
     devices: str | Sequence[str] = "all",
+    calibration: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``model`` with ``recipe`` to each of ``targets`` (default: all) in ``out``.
 
     ``devices`` (profile names, or "all") fills the manifest's devices section: which artifact each device
-    should load, or cloud-only and why.
+    should load, or cloud-only and why. ``calibration`` (a .txt or .jsonl file; default the built-in set) is the
+    text a calibrated recipe (method gptq) computes its codes on.
     """
     start = time.perf_counter()
     say = progress or (lambda message: None)
@@ -87,13 +91,15 @@ def export(
     targets = check_targets(targets)
     out = check_output(Path(out), force)
     say(f"load: resolving {model}")
+    calibration = check_calibration(recipe, calibration)
     checkpoint = resolve(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     max_seq_len = check_max_seq_len(checkpoint, max_seq_len)
     result = ExportResult(out, [])
     with atomic_dir(out, force) as tmp:
         write_export_record(tmp, checkpoint, recipe, max_seq_len, targets)
+        books = compute_codes(tmp, checkpoint, recipe, targets, calibration, say)
         for target in targets:
-            artifact = export_target(checkpoint, recipe, target, tmp, max_seq_len, say)
+            artifact = export_target(checkpoint, recipe, target, tmp, max_seq_len, say, books)
             result.artifacts.append(artifact)
             result.warnings += [f"{target}: {rule}" for rule in artifact.unhonoured]
         if parity:
@@ -107,6 +113,44 @@ def export(
     if result.parity is not None and not result.parity.passed:
         raise ParityError(result.parity.failure_message(out))
     return result
+
+
+def check_calibration(recipe: Recipe, calibration):
+    """The calibration text, read and checked before anything is loaded (None for an uncalibrated recipe)."""
+    from edgepack.codes.calibration import load_calibration
+
+    if not recipe.method.calibrated:
+        if calibration is not None:
+            raise ExportError(
+                f"--calibration applies to calibrated recipes (method gptq); {recipe.name} uses "
+                f"{recipe.method.name}. Drop --calibration or choose a gptq recipe."
+            )
+        return None
+    return load_calibration(calibration)
+
+
+def compute_codes(root: Path, checkpoint: Checkpoint, recipe: Recipe, targets, calibration, say) -> dict:
+    """The code books the targets need ("zero_points": the recipe's own; "symmetric": its symmetric variant, for
+    backends without zero points), each recorded in export.json."""
+    from edgepack.codes import codes_for
+    from edgepack.tokenizer import DeviceTokenizer
+
+    tokenizer = DeviceTokenizer(root / TOKENIZER_DIR) if recipe.method.calibrated else None
+    needed = {"symmetric" if not get_exporter(t).zero_points else "zero_points" for t in targets}
+    books = {}
+    for kind in sorted(needed):
+        variant = recipe if kind == "zero_points" else recipe.symmetric_variant()
+        if kind == "symmetric" and "zero_points" in books and books["zero_points"].meta["symmetric_only"]:
+            books[kind] = books["zero_points"]  # the recipe is symmetric already: one book serves both
+            continue
+        books[kind] = codes_for(checkpoint, variant, tokenizer=tokenizer, calibration=calibration, say=say)
+    books = {k: b for k, b in books.items() if b is not None}
+    if books:
+        path = root / EXPORT_FILE
+        record = json.loads(path.read_text())
+        record["codes"] = {kind: book.record() for kind, book in books.items()}
+        path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return books
 
 
 def check_targets(targets: Sequence[str] | None) -> list[str]:
@@ -167,8 +211,9 @@ def write_export_record(root: Path, checkpoint: Checkpoint, recipe: Recipe, max_
     """export.json and the tokenizer folder, packaged for every runtime and checked before any export runs."""
     from edgepack.tokenizer_package import package_tokenizer, record as tokenizer_record
 
-    # Only ExecuTorch's runner reads tekken.json / tokenizer.model natively; every other target reads tokenizer.json.
-    needs_json = any(t != "executorch" for t in targets)
+    # Only ExecuTorch's runner reads tekken.json / tokenizer.model natively; every other target reads tokenizer.json,
+    # and so does calibration.
+    needs_json = any(t != "executorch" for t in targets) or recipe.method.calibrated
     tokenizer = package_tokenizer(checkpoint, root / TOKENIZER_DIR, needs_json=needs_json)
     record = {
         "edgepack_version": __version__,
@@ -216,14 +261,16 @@ def checkpoint_record(checkpoint: Checkpoint) -> dict:
     }
 
 
-def export_target(checkpoint: Checkpoint, recipe: Recipe, target: str, root: Path, max_seq_len: int, say) -> Artifact:
+def export_target(checkpoint: Checkpoint, recipe: Recipe, target: str, root: Path, max_seq_len: int, say,
+                  books: dict | None = None) -> Artifact:  # fmt: skip
     exporter = get_exporter(target)
+    book = (books or {}).get("zero_points" if exporter.zero_points else "symmetric")
     folder = root / target
     folder.mkdir()
     say(f"export[{target}]: loading {checkpoint.spec.name} weights ({checkpoint.dtype})")
     model = checkpoint.load_model()
     request = ExportRequest(checkpoint, recipe, max_seq_len, folder, lambda m: say(f"export[{target}]: {m}"),
-                            tokenizer_dir=root / TOKENIZER_DIR)
+                            tokenizer_dir=root / TOKENIZER_DIR, codes=book)
     start = time.perf_counter()
     try:
         artifact = exporter.export(model, request)
@@ -231,6 +278,8 @@ def export_target(checkpoint: Checkpoint, recipe: Recipe, target: str, root: Pat
         del model
         gc.collect()
     artifact.export_seconds = time.perf_counter() - start
+    if book is not None:
+        artifact.details["codes"] = book.key
     artifact.save(folder)
     return artifact
 

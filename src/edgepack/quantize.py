@@ -1,7 +1,8 @@
-"""Stage 2, quantize (torch-side backends): translate a ``Recipe`` into torchao ``quantize_`` calls, in place.
+"""Stage 2, quantize (torch-side backends): put a ``Recipe``'s integer codes into the model as torchao tensors.
 
-The ExecuTorch exporter quantizes with it before ``torch.export``; the parity harness applies it to an eager
-model to separate quantization error from conversion error, so the result must still run eagerly.
+The ExecuTorch exporter quantizes with it before ``torch.export``. The codes come from the code book
+(``edgepack.codes``: computed once, the same for every backend), wrapped unchanged in torchao's
+``IntxUnpackedToInt8Tensor`` (what ``quantize_`` itself builds), so the ``.pte`` holds exactly those codes.
 
 Translation (torchao 0.18), shaped by what XNNPACK (executorch 1.5.1) lowers correctly:
 - linear layers -> ``Int8DynamicActivationIntxWeightConfig`` (int4 = "8da4w", int8 = "8da8w"), symmetric.
@@ -45,14 +46,20 @@ def unhonoured(recipe: Recipe) -> list[str]:
     return lines
 
 
-def quantize_model(model: torch.nn.Module, recipe: Recipe) -> list[str]:
+def quantize_model(model: torch.nn.Module, recipe: Recipe, codes_of=None) -> list[str]:
     """Quantize ``model`` in place per ``recipe``; return the rules it could not honour, one line each.
 
     Linear and embedding modules get ``recipe.for_module(name)`` (embedding section, lm_head section, then the
-    first matching rule); every other floating parameter is cast to the recipe's dtype.
+    first matching rule) with the codes ``codes_of(name, weight, quant)`` gives (default: round to nearest);
+    every other floating parameter is cast to the recipe's dtype.
     """
+    from functools import partial
+
     import torch
 
+    from edgepack.exporters import find_codes
+
+    codes_of = codes_of or partial(find_codes, None)
     dtype = compute_dtype(recipe)
     _untie_output_embedding(model, recipe)
     notes: dict[str, list[str]] = defaultdict(list)  # module-level note -> modules it applies to
@@ -63,7 +70,7 @@ def quantize_model(model: torch.nn.Module, recipe: Recipe) -> list[str]:
         quant = recipe.for_module(name)
         if quant is None or quant.is_float:
             continue
-        note = _quantize_module(module, quant)
+        note = _quantize_module(module, quant, codes_of(name, module.weight.detach(), quant))
         if note:
             notes[f"{quant.describe()}: {note}"].append(name)
     return unhonoured(recipe) + [_summarise(note, names) for note, names in notes.items()]
@@ -97,40 +104,31 @@ def _float_note(quant: WeightQuant, recipe: Recipe) -> str | None:
     return None
 
 
-def _quantize_module(module: torch.nn.Module, quant: WeightQuant) -> str | None:
-    """Quantize one linear or embedding module in place; return a note when its shape bent the recipe."""
+def _quantize_module(module: torch.nn.Module, quant: WeightQuant, codes) -> str | None:
+    """Give one linear or embedding module its codes in place; return a note when its shape bent the recipe."""
     import torch
-    from torchao.quantization import quantize_
+    from torchao.quantization import IntxUnpackedToInt8Tensor
 
     is_embedding = isinstance(module, torch.nn.Embedding)
     in_features = module.weight.shape[-1]
-    group_size = quant.group_size
     note = None
-    if group_size is not None and in_features % group_size:
-        note = f"group size {group_size} does not divide the input size {in_features}; quantized per channel"
-        group_size = None
+    if quant.group_size is not None and codes.group != quant.group_size:
+        note = f"group size {quant.group_size} does not divide the input size {in_features}; quantized per channel"
     if is_embedding:
         # torchao's quantized embedding has no padding_idx variant; it only matters for gradients.
         module.padding_idx = None
-    config = _torchao_config(quant, group_size, is_embedding=is_embedding)
-    quantize_(module, config, filter_fn=lambda m, _fqn: m is module)
+    qdata, zero = codes.q.to(torch.int16), codes.zero
+    if zero is None:
+        zero = torch.zeros_like(codes.scale, dtype=torch.int8)
+    else:  # torchao keeps codes signed: (u - z) == ((u - 2^(b-1)) - (z - 2^(b-1)))
+        offset = 2 ** (codes.bits - 1)
+        qdata, zero = qdata - offset, (zero.to(torch.int16) - offset).to(torch.int8)
+    weight = IntxUnpackedToInt8Tensor(
+        qdata.to(torch.int8), codes.scale.to(module.weight.dtype), zero, getattr(torch, f"int{codes.bits}"),
+        (1, codes.group), module.weight.dtype, None if is_embedding else "int8_asym_per_token",
+    )  # fmt: skip
+    module.weight = torch.nn.Parameter(weight, requires_grad=False)
     return note
-
-
-def _torchao_config(quant: WeightQuant, group_size: int | None, *, is_embedding: bool):
-    import torch
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
-    from torchao.quantization.granularity import PerAxis, PerGroup
-    from torchao.quantization.quant_primitives import MappingType
-
-    granularity = PerAxis(0) if group_size is None else PerGroup(group_size)
-    weight_dtype = getattr(torch, f"int{quant.bits}")
-    if is_embedding:
-        mapping = MappingType.SYMMETRIC if quant.symmetric else MappingType.ASYMMETRIC
-        return IntxWeightOnlyConfig(weight_dtype=weight_dtype, granularity=granularity, mapping_type=mapping)
-    return Int8DynamicActivationIntxWeightConfig(
-        weight_dtype=weight_dtype, weight_granularity=granularity, weight_mapping_type=MappingType.SYMMETRIC
-    )
 
 
 def _cast_own_tensors(module: torch.nn.Module, dtype: torch.dtype) -> None:

@@ -58,6 +58,36 @@ class WeightQuant(Strict):
         return f"int{self.bits} {group} {kind}{act}"
 
 
+class Method(Strict):
+    """How the integer codes are found (``edgepack.codes``). Every backend packs the same codes."""
+
+    name: Literal["rtn", "gptq"] = Field("rtn", description="rtn: round to nearest; gptq: calibrated (GPTQ)")
+    clip_search: bool = Field(False, description="search each group's clipping (scale) for the least error")
+    act_order: bool = Field(True, description="gptq: visit columns by decreasing activation")
+    damping: float = Field(0.01, gt=0, lt=1, description="gptq: fraction of mean(diag H) added to the diagonal")
+    samples: int = Field(128, ge=1, le=4096, description="gptq: calibration windows")
+    seq_len: int = Field(256, ge=16, le=8192, description="gptq: tokens per calibration window")
+
+    @model_validator(mode="after")
+    def _check(self) -> Method:
+        fields = type(self).model_fields
+        gptq_only = [k for k in ("act_order", "damping", "samples", "seq_len") if getattr(self, k) != fields[k].default]
+        if self.name == "rtn" and gptq_only:
+            raise ValueError(f"{', '.join(gptq_only)} apply only to method gptq")
+        return self
+
+    @property
+    def calibrated(self) -> bool:
+        return self.name == "gptq"
+
+    def describe(self) -> str:
+        if self.name == "rtn":
+            return "rtn" + (" + clip search" if self.clip_search else "")
+        extras = [f"{self.samples}x{self.seq_len} tokens", f"damping {self.damping:g}"]
+        extras += ["act-order"] * self.act_order + ["clip search"] * self.clip_search
+        return f"gptq ({', '.join(extras)})"
+
+
 class Rule(Strict):
     match: str = Field(description="glob against the module's name, e.g. 'model.layers.*.mlp.*'")
     weights: WeightQuant
@@ -81,6 +111,7 @@ class Recipe(Strict):
     rules: list[Rule] = Field(default_factory=list)
     embedding: WeightQuant | None = Field(None, description="null = keep at dtype")
     lm_head: WeightQuant | None = Field(None, description="null = keep at dtype")
+    method: Method = Method()
     parity: ParityThresholds = ParityThresholds()
 
     def for_module(self, name: str) -> WeightQuant | None:
@@ -113,6 +144,25 @@ class Recipe(Strict):
         import hashlib
 
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    def codes_digest(self) -> str:
+        """What decides the integer codes (rules, embedding, lm_head, method): not the name, dtype or thresholds."""
+        import hashlib
+
+        return hashlib.sha256(self.model_dump_json(include={"rules", "embedding", "lm_head", "method"}).encode()).hexdigest()
+
+    @property
+    def quantizes(self) -> bool:
+        """True when some weight gets integer codes."""
+        return any(not q.is_float and q.format == "linear" for _, q in self.settings())
+
+    def symmetric_variant(self) -> Recipe:
+        """This recipe with every integer setting symmetric: what a backend without zero points (XNNPACK) gets."""
+        def sym(q: WeightQuant | None):
+            return q if q is None or q.is_float else q.model_copy(update={"symmetric": True})
+
+        rules = [r.model_copy(update={"weights": sym(r.weights)}) for r in self.rules]
+        return self.model_copy(update={"rules": rules, "embedding": sym(self.embedding), "lm_head": sym(self.lm_head)})
 
 
 def recipes_dir() -> Path:

@@ -19,6 +19,8 @@ from edgepack.cli.parity_cmd import parity_threshold_options, thresholds_from
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--no-parity", is_flag=True, help="Skip the parity check against the reference model.")
 @click.option("--prompts", type=click.Path(exists=True, dir_okay=False), help="Parity prompts file (YAML/JSON).")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="Calibration text for gptq recipes (.txt, or .jsonl of {text} / {messages}). Default: built-in.")
 @parity_threshold_options
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled weights (*.bin, *.pt): they can run code.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a checkpoint that needs custom code (auto_map).")
@@ -26,8 +28,8 @@ from edgepack.cli.parity_cmd import parity_threshold_options, thresholds_from
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @handle_errors
-def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, allow_pickle, trust_remote_code,
-           quiet, as_json, **flags):
+def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, calibration, allow_pickle,
+           trust_remote_code, quiet, as_json, **flags):
     """Export MODEL (a local HF folder, a .gguf file or a hub id) to on-device artifacts."""
     quiet_libraries()
     from edgepack.pipeline import export as run_export
@@ -46,6 +48,7 @@ def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, 
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
             fallback=fallback,
+            calibration=calibration,
             progress=progress,
         )
     if as_json:

@@ -32,6 +32,10 @@ class ExportRequest:
     progress: Callable[[str], None] = lambda message: None
     prefill_chunk: int = PREFILL_CHUNK
     tokenizer_dir: Path | None = None  # the export's packaged tokenizer folder (None: the checkpoint's own files)
+    codes: Any = None  # edgepack.codes.CodeBook: the integer codes to pack (None: rounded to nearest here)
+
+    def codes_of(self, module: str, weight, quant):
+        return find_codes(self.codes, module, weight, quant)
 
     def tokenizer_files(self) -> dict[str, Path]:
         """The HF-format tokenizer files (tokenizer.json, its config, chat template, generation config)."""
@@ -79,9 +83,21 @@ class Artifact:
         return cls(**json.loads((folder / ARTIFACT_FILE).read_text()))
 
 
+def find_codes(book, module: str, weight, quant):
+    """The codes of ``module`` from the code ``book``, or ``weight`` rounded to nearest when it has none (a caller
+    that built its request by hand); either way, ``edgepack.codes``' one definition of the codes."""
+    from edgepack.codes import rtn
+
+    found = book.get(module) if book is not None else None
+    if found is not None:
+        return found
+    return rtn(weight, quant.bits, quant.group_size, quant.symmetric)
+
+
 class Exporter(Protocol):
     name: str
     runtime: str
+    zero_points: bool  # whether its integer weights may carry zero points (else: the recipe's symmetric variant)
 
     def unhonoured(self, recipe) -> list[str]:
         """Recipe rules this backend cannot honour, one line each (reported, never skipped silently)."""

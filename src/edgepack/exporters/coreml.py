@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from functools import partial
 
 from edgepack.errors import ExportError
-from edgepack.exporters import EXPORTERS, Artifact, ExportRequest
+from edgepack.exporters import EXPORTERS, Artifact, ExportRequest, find_codes
 
 PACKAGE = "model.mlpackage"
 MIN_RUNTIME = "iOS 18 / macOS 15"
@@ -28,6 +29,7 @@ STATES = ("keyCache", "valueCache")
 class CoreMLExporter:
     name = "coreml"
     runtime = "coreml"
+    zero_points = True
 
     def __init__(self, compute_precision: str | None = None):
         """``compute_precision``: "float16" or "float32"; None decides from the recipe (see module docstring)."""
@@ -79,7 +81,7 @@ class CoreMLExporter:
         real = swap_for_stand_ins(model, torch.float32, matrices_only=True)  # coremltools folds vectors (1 + w)
         mlmodel, layout = convert(model, request.max_seq_len, compute)
         request.progress(f"coreml: writing the weights per recipe {recipe.name}, one tensor at a time")
-        mlmodel = compress(mlmodel, recipe, names, real)
+        mlmodel = compress(mlmodel, recipe, names, real, request.codes_of)
         add_metadata(mlmodel, request, compute, layout)
         package = out / PACKAGE
         mlmodel.save(str(package))
@@ -205,33 +207,35 @@ def module_names(model) -> dict[str, str]:
     return names
 
 
-def compress(mlmodel, recipe, names: dict[str, str], real: dict | None = None):
-    """Apply the recipe's weight formats (linear quantization, palettization) to each weight by module name.
+def compress(mlmodel, recipe, names: dict[str, str], real: dict | None = None, codes_of=None):
+    """Apply the recipe's weight formats to each weight by module name: linear quantization packs the code
+    book's codes (``codes_of(module, weight, quant)``, default round-to-nearest) as
+    ``constexpr_blockwise_shift_scale``; palettization is coremltools' own k-means.
 
     ``real`` (parameter name -> tensor): the program was converted around stand-ins; each const takes its real
-    value just before it is compressed (``_RealWeightQuantizer``), so float values of the whole model never sit in
+    value just before it is compressed (``_CodesQuantizer``), so float values of the whole model never sit in
     the program at once. Consts the recipe keeps float take theirs afterwards."""
     import coremltools.optimize.coreml as cto
 
-    linear, palette = {}, {}
+    codes_of = codes_of or partial(find_codes, None)
+    linear, palette, modules = {}, {}, {}
     for op in mlmodel._mil_program.functions["main"].operations:
         # fp16 conversion renames each weight const <param>_to_fp16
         module = names.get(op.name.removesuffix("_to_fp16")) if op.op_type == "const" else None
         quant = recipe.for_module(module) if module else None
         if quant is not None and not quant.is_float:
             (palette if quant.format == "palette" else linear)[op.name] = op_config(quant)
-    if real is not None:
-        # On the in-memory program: coremltools' own helper would load a second copy of it from the package.
-        values = _real_values(mlmodel, real)
-        prog = mlmodel._mil_program
-        for function in prog.functions.values():
-            function._essential_scope_sources = []  # new ops carry no torch scope (as in a program read back)
-        if linear:
-            _RealWeightQuantizer(cto.OptimizationConfig(op_name_configs=linear), values).apply(prog)
-        _RealWeights(values).apply(prog)
-        mlmodel = _rebuilt(prog, mlmodel)
-    elif linear:
-        mlmodel = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(op_name_configs=linear))
+            modules[op.name] = (module, quant)
+    # On the in-memory program: coremltools' own helper would load a second copy of it from the package.
+    values = _real_values(mlmodel, real) if real is not None else {}
+    prog = mlmodel._mil_program
+    for function in prog.functions.values():
+        function._essential_scope_sources = []  # new ops carry no torch scope (as in a program read back)
+    if linear:
+        config = cto.OptimizationConfig(op_name_configs=linear)
+        _CodesQuantizer(config, values, {k: modules[k] for k in linear}, codes_of).apply(prog)
+    _RealWeights(values).apply(prog)
+    mlmodel = _rebuilt(prog, mlmodel)
     if palette:
         mlmodel = cto.palettize_weights(mlmodel, cto.OptimizationConfig(op_name_configs=palette))
     return mlmodel
@@ -301,18 +305,45 @@ class _RealWeights:
             apply_block(function)
 
 
-def _RealWeightQuantizer(config, values: dict):
-    """coremltools' linear_quantize_weights pass, compressing each const's real value as it is swapped in."""
+def _CodesQuantizer(config, values: dict, modules: dict, codes_of):
+    """coremltools' linear_quantize_weights pass, writing the code book's codes: each const first takes its real
+    value (when it was a stand-in), then its codes replace what coremltools would have computed, so the
+    ``constexpr_blockwise_shift_scale`` it builds holds exactly edgepack's codes, scales and zero points."""
+    import numpy as np
+    import torch
+    from coremltools.converters.mil.mil import types
+    from coremltools.optimize._utils import QuantParams
     from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights
 
     class Quantizer(linear_quantize_weights):
+        pending = None
+
         def transform_op(self, op):
+            if op.name not in modules:  # not a weight the recipe quantizes: the base pass leaves it as it is
+                return super().transform_op(op)
             value = values.pop(op.name, None)
+            module, quant = modules[op.name]
             if value is not None:
                 op_config = self.config._get_const_op_config(op)
                 op = _replace_const(op, value())
                 self.config.set_op_name(op.name, op_config)
-            super().transform_op(op)
+            weight = torch.from_numpy(np.asarray(op.outputs[0].val, dtype=np.float32))
+            self.pending = codes_of(module, weight, quant)
+            try:
+                super().transform_op(op)
+            finally:
+                self.pending = None
+
+        def blockwise_compress_by_dtype(self, original_data, dtype, mode, block_sizes):
+            codes = self.pending
+            if codes is None or tuple(codes.q.shape) != original_data.shape:
+                raise ExportError(f"edgepack's codes do not fit a Core ML weight of shape {original_data.shape}")
+            # coremltools marks sub-byte dtypes in the numpy dtype's metadata (int8 storage, "true" int4)
+            np_type = types.nptype_from_builtin(types.get_nbits_int_builtin_type(codes.bits, codes.symmetric))
+            data = codes.q.numpy().astype(np_type)
+            scale = codes.scale.numpy().astype(original_data.dtype)
+            offset = None if codes.zero is None else codes.zero.numpy().astype(np_type)
+            return QuantParams(data=data, scale=scale, offset=offset, nbits=np.uint8(codes.bits))
 
     return Quantizer(config=config)
 

@@ -30,6 +30,7 @@ EXAMPLE_LEN = 2  # example prefill length for tracing (not 0 or 1, which torch.e
 class ExecuTorchExporter:
     name = "executorch"
     runtime = "executorch"
+    zero_points = False  # XNNPACK's linear kernels are symmetric: the recipe's symmetric variant's codes
 
     def unhonoured(self, recipe) -> list[str]:
         """Recipe settings this backend cannot honour, one line each with what is done instead."""
@@ -45,7 +46,7 @@ class ExecuTorchExporter:
         out.mkdir(parents=True, exist_ok=True)
         recipe = request.recipe
         request.progress(f"quantizing per recipe {recipe.name}")
-        unhonoured = quantize_model(model, recipe)
+        unhonoured = quantize_model(model, recipe, request.codes_of)
         metadata = constant_methods(model.config, request)
         request.progress(f"torch.export with a KV cache of {request.max_seq_len} positions")
         program = export_program(model, request.max_seq_len, prefill_chunk(request))

@@ -55,6 +55,7 @@ class NBits:
 class OnnxExporter:
     name = "onnx"
     runtime = "onnxruntime"
+    zero_points = True
 
     def unhonoured(self, recipe) -> list[str]:
         """Recipe settings onnxruntime cannot honour exactly, one line each with what is done instead."""
@@ -74,7 +75,7 @@ class OnnxExporter:
         traced = export_graph(model, dtype=recipe.dtype)
         del model  # the traced weights are the only references left: each goes once it is written
         request.progress(f"onnx: writing the weights per recipe {recipe.name}, one tensor at a time")
-        files = write_model(traced, recipe, out)
+        files = write_model(traced, recipe, out, request.codes_of)
         (out / GENAI_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         files.append(GENAI_CONFIG)
         for name, src in request.tokenizer_files().items():
@@ -168,7 +169,7 @@ def export_graph(model, *, dtype: str = "float32"):
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
 
 
-def write_model(traced, recipe, out: Path) -> list[str]:
+def write_model(traced, recipe, out: Path, codes_of) -> list[str]:
     """Attach the weights per ``recipe`` (streamed into model.onnx.data) and save model.onnx; a model small
     enough for one protobuf gets its weights back inline."""
     import onnx
@@ -177,7 +178,7 @@ def write_model(traced, recipe, out: Path) -> list[str]:
 
     data = ExternalData(out / DATA_FILE)
     try:
-        attach(traced, recipe, data, module_of, nbits_for, _block)
+        attach(traced, recipe, data, module_of, nbits_for, _block, codes_of)
     finally:
         data.close()
     path = out / MODEL_FILE
@@ -257,33 +258,6 @@ def module_of(node) -> str | None:
     if len(parts) < 3 or parts[0] != "m":
         return None
     return ".".join(parts[1:-1])
-
-
-def _block_quantize_rows(table, bits: int, block: int, symmetric: bool):
-    """Unsigned codes with zero points (the GatherBlockQuantized convention): value = (code - zp) * scale."""
-    import numpy as np
-
-    vocab, hidden = table.shape
-    blocks = -(-hidden // block)
-    padded = np.zeros((vocab, blocks * block), dtype=np.float32)
-    padded[:, :hidden] = table
-    view = padded.reshape(vocab, blocks, block)
-    qmax = (1 << bits) - 1
-    if symmetric:
-        mid = 1 << (bits - 1)
-        absmax = np.abs(view).max(axis=2)
-        scale = absmax / (mid - 1 if bits == 8 else mid)  # int8 in [-127, 127]; int4 in [-8, 7] like ORT
-        scale[scale == 0] = 1.0
-        zero = np.full(scale.shape, mid, dtype=np.int32)
-    else:
-        lo = np.minimum(view.min(axis=2), 0)
-        hi = np.maximum(view.max(axis=2), 0)
-        scale = (hi - lo) / qmax
-        scale[scale == 0] = 1.0
-        zero = np.clip(np.round(-lo / scale), 0, qmax).astype(np.int32)
-    codes = np.clip(np.round(view / scale[..., None]) + zero[..., None], 0, qmax)
-    codes = codes.reshape(vocab, blocks * block)[:, :hidden].astype(np.uint8)
-    return codes, scale.astype(np.float32), zero.astype(np.uint8)
 
 
 def _pack(values, bits: int) -> bytes:

@@ -6,9 +6,9 @@ and appended to the external data file, so the export never holds a float copy o
 real tensors aside; onnxruntime's basic optimizations then fold the graph's constant shape arithmetic while the
 weights are still inputs. ``attach`` turns each weight input into what its consumers need:
 
-- ``Transpose -> MatMul`` (a linear layer): ``MatMulNBits`` with the recipe's codes (``block_codes``: onnxruntime's
-  own rounding, computed in torch a tensor at a time), or the transposed float weight;
-- ``Gather`` (the embedding table): ``GatherBlockQuantized`` rows, or the float table;
+- ``Transpose -> MatMul`` (a linear layer): ``MatMulNBits`` holding the code book's codes exactly
+  (``edgepack.codes``: computed once for every backend), or the transposed float weight;
+- ``Gather`` (the embedding table): ``GatherBlockQuantized`` rows of the code book's codes, or the float table;
 - anything else (norm weights, biases): the float tensor.
 A tied embedding read both ways keeps one float table (lm_head through a Transpose) unless the recipe quantizes
 either side, which then gets its own initializer.
@@ -108,8 +108,9 @@ def _basic_optimizations(path: Path) -> Path:
 # --- attaching the weights -----------------------------------------------------------------------------------
 
 
-def attach(traced: Traced, recipe, data: ExternalData, module_of, nbits_for, block_for) -> None:
-    """Replace every weight input of ``traced.proto`` by initializers in ``data`` (see the module docstring)."""
+def attach(traced: Traced, recipe, data: ExternalData, module_of, nbits_for, block_for, codes_of) -> None:
+    """Replace every weight input of ``traced.proto`` by initializers in ``data`` (see the module docstring).
+    ``codes_of(module, weight, quant)`` gives a quantized weight's ``Codes``."""
     from onnx import helper
 
     graph = traced.proto.graph
@@ -119,9 +120,11 @@ def attach(traced: Traced, recipe, data: ExternalData, module_of, nbits_for, blo
         keep_float = False
         for node in consumers:
             if node.op_type == "Transpose":
-                keep_float |= _linear(graph, node, weight, recipe, data, module_of, nbits_for, block_for, traced.dtype)
+                keep_float |= _linear(graph, node, weight, recipe, data, module_of, nbits_for, block_for, codes_of,
+                                      traced.dtype)  # fmt: skip
             elif node.op_type == "Gather" and (module_of(node) or "").endswith("embed_tokens"):
-                keep_float |= _embedding(graph, node, weight, recipe, data, block_for, traced.dtype)
+                keep_float |= _embedding(graph, node, weight, recipe, data, block_for, codes_of, module_of(node),
+                                         traced.dtype)  # fmt: skip
             else:
                 keep_float = True
         graph.input.remove(next(i for i in graph.input if i.name == name))
@@ -137,21 +140,23 @@ def _float(weight, dtype: str) -> np.ndarray:
     return weight.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
 
 
-def _linear(graph, transpose, weight, recipe, data, module_of, nbits_for, block_for, dtype) -> bool:
+def _linear(graph, transpose, weight, recipe, data, module_of, nbits_for, block_for, codes_of, dtype) -> bool:
     """Each MatMul reading ``Transpose(weight)``; returns True when the float weight must stay (tied, shared)."""
     from onnx import helper
 
     matmuls = [n for n in graph.node if transpose.output[0] in n.input and n.op_type == "MatMul"]
     shared = False
     for matmul in matmuls:
-        setting = nbits_for(recipe.for_module(module_of(matmul) or ""))
+        module = module_of(matmul) or ""
+        quant = recipe.for_module(module)
+        setting = nbits_for(quant)
         if setting is None:
             shared = True
             continue
         n, k = weight.shape
         block = block_for(setting, k)
-        codes, scales, zeros = block_codes(weight, setting.bits, block, setting.symmetric)
-        prefix = (module_of(matmul) or matmul.name).replace("/", ".")
+        codes, scales, zeros = in_blocks(codes_of(module, weight, quant), block, unsigned=False)
+        prefix = (module or matmul.name).replace("/", ".")
         inits = [data.tensor(f"{prefix}.weight_Q{setting.bits}", _pack_rows(codes, setting.bits, block)),
                  data.tensor(f"{prefix}.weight_scales", scales.reshape(-1).astype(np.float16 if dtype == "float16" else np.float32))]  # fmt: skip
         if zeros is not None:
@@ -176,19 +181,18 @@ def _linear(graph, transpose, weight, recipe, data, module_of, nbits_for, block_
     return False
 
 
-def _embedding(graph, gather, weight, recipe, data, block_for, dtype) -> bool:
+def _embedding(graph, gather, weight, recipe, data, block_for, codes_of, module, dtype) -> bool:
     """GatherBlockQuantized rows per the recipe's embedding setting; True when the float table is needed."""
     from onnx import TensorProto, helper
 
     quant = recipe.embedding
     if quant is None or quant.is_float:
         return True
-    from edgepack.exporters.onnx import NBits, _block_quantize_rows, _pack
+    from edgepack.exporters.onnx import NBits, _pack
 
     block = block_for(NBits(quant.bits, quant.group_size, quant.symmetric, None), weight.shape[1], 1 << 16)
-    parts = [_block_quantize_rows(weight[i : i + ROWS_PER_CHUNK].float().numpy(), quant.bits, block, quant.symmetric)
-             for i in range(0, weight.shape[0], ROWS_PER_CHUNK)]  # fmt: skip
-    codes, scales, zeros = (np.concatenate([p[j] for p in parts]) for j in range(3))
+    codes, scales, zeros = in_blocks(codes_of(module, weight, quant), block, unsigned=True)
+    codes = codes[:, : weight.shape[1]]  # the op takes the table unpadded
     name = gather.input[0]
     qtype = TensorProto.UINT4 if quant.bits == 4 else TensorProto.UINT8
     q_data = data.tensor(f"{name}_Q{quant.bits}", np.frombuffer(_pack(codes, quant.bits), np.uint8), qtype, codes.shape)
@@ -213,42 +217,32 @@ def _replace(graph, old, new) -> None:
 # --- codes ---------------------------------------------------------------------------------------------------
 
 
-ROWS_PER_CHUNK = 2048  # rows rounded at a time: float temporaries stay ~100 MB even for a 131k-row lm_head
-
-
-def block_codes(weight, bits: int, block: int, symmetric: bool):
-    """Unsigned codes [N, K_padded], scales [N, blocks] and zero points ([N, blocks], or None when symmetric:
-    the op's implicit 8 / 128). Symmetric rounding is onnxruntime's own (MLAS): the block's largest-magnitude
-    value v, sign kept, sets scale = v / -2^(bits-1), so it lands exactly on the grid's extra negative level and
-    the step is max|w| / 8 (int4) rather than torchao's max|w| / 7.5 (measured on SmolLM2 int4-block32: top-1
-    0.67 against 0.57). Computed in row chunks."""
-    parts = [_block_codes(weight[i : i + ROWS_PER_CHUNK], bits, block, symmetric)
-             for i in range(0, weight.shape[0], ROWS_PER_CHUNK)]  # fmt: skip
-    codes, scales = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    return codes, scales, None if symmetric else np.concatenate([p[2] for p in parts])
-
-
-def _block_codes(weight, bits: int, block: int, symmetric: bool):
+def in_blocks(codes, block: int, *, unsigned: bool):
+    """``Codes`` in onnxruntime's block layout: uint8 codes [N, K padded to blocks], scales [N, blocks] and zero
+    points [N, blocks] (None for symmetric codes unless ``unsigned`` asks for explicit ones: GatherBlockQuantized
+    always takes them; MatMulNBits implies 2^(bits-1)). Per-channel codes (one group over K) repeat their scale
+    over every block; padding columns hold the zero point, so they dequantize to 0."""
     import torch
 
-    w = weight.float()
-    n, k = w.shape
-    blocks = -(-k // block)
-    if blocks * block != k:
-        w = torch.nn.functional.pad(w, (0, blocks * block - k))
-    g = w.reshape(n, blocks, block)
-    if symmetric:
-        half = 2 ** (bits - 1)
-        extreme = g.gather(-1, g.abs().argmax(-1, keepdim=True)).squeeze(-1)
-        scale = torch.where(extreme == 0, torch.ones_like(extreme), extreme / -half)
-        q = ((g / scale[..., None]).round() + half).clamp(0, 2**bits - 1)
-        return q.to(torch.uint8).reshape(n, blocks * block).numpy(), scale.numpy(), None
-    qmax = 2**bits - 1
-    lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
-    scale = ((hi - lo) / qmax).clamp(min=1e-12)
-    zero = (-lo / scale).round().clamp(0, qmax)
-    q = ((g / scale[..., None]).round() + zero[..., None]).clamp(0, qmax)
-    return q.to(torch.uint8).reshape(n, blocks * block).numpy(), scale.numpy(), zero.to(torch.uint8).numpy()
+    q, scale, zero = codes.q, codes.scale, codes.zero
+    n, k = q.shape
+    offset = 2 ** (codes.bits - 1)
+    if zero is None:
+        q = q.to(torch.int16) + offset  # signed -> the op's unsigned codes around its implicit zero point
+        zero = torch.full(scale.shape, offset, dtype=torch.uint8) if unsigned else None
+    if codes.group != block:
+        if codes.group != k:
+            raise ValueError(f"codes in groups of {codes.group} cannot be stored in blocks of {block}")
+        blocks = -(-k // block)
+        scale = scale.expand(n, blocks)
+        zero = None if zero is None else zero.expand(n, blocks)
+    blocks = scale.shape[1]
+    pad = blocks * block - k
+    if pad > 0:
+        fill = zero[:, -1:].to(torch.int16) if zero is not None else torch.full((n, 1), offset, dtype=torch.int16)
+        q = torch.cat([q.to(torch.int16), fill.expand(n, pad)], dim=1)
+    q = q.to(torch.uint8).numpy()
+    return q, scale.float().contiguous().numpy(), None if zero is None else zero.contiguous().numpy()
 
 
 def _pack_rows(codes: np.ndarray, bits: int, block: int) -> np.ndarray:

@@ -6,9 +6,10 @@ prefill chunk, then the reference's greedy tokens one at a time through the deco
 position are compared (``edgepack.parity.metrics``). Greedy agreement is read off the same pass: free-running
 greedy decoding reproduces the reference exactly up to the first position whose argmax differs.
 
-Where the recipe quantizes, the error is split in two: quantization (the recipe's weight rounding applied in
-eager torch, ``edgepack.parity.fakequant``, vs fp32) and conversion (export vs that quantized eager model), so a
-user knows whether the exporter or the recipe is at fault.
+Where the recipe quantizes, the error is split in two: quantization (the very codes the artifact packs, from the
+export's code book, dequantized into the eager fp32 model, vs fp32) and conversion (export vs that quantized eager
+model), so a user knows whether the exporter or the recipe is at fault. Artifacts of one recipe share a code book,
+except a backend without zero points, which has the symmetric variant's.
 """
 
 from __future__ import annotations
@@ -119,14 +120,15 @@ def check_parity(
 
     say(f"verify: fp32 reference over {len(prompts)} prompts")
     reference = _reference(record, prompts, decode_steps)
-    quantized = _quantized_reference(record, reference) if split else None
+    quantized = _quantized_references(root, record, artifacts, reference) if split else {}
 
     limits = {**record["recipe"].get("parity", {}), **{k: v for k, v in (thresholds or {}).items() if v is not None}}
     results = []
     for artifact in artifacts:
         say(f"verify[{artifact.target}]: running {artifact.path}")
         options = (runner_options or {}).get(artifact.target, {})
-        results.append(_check_artifact(root, artifact, reference, quantized, limits, options))
+        results.append(_check_artifact(root, artifact, reference, quantized.get(_codes_key(artifact)), limits,
+                                       options))  # fmt: skip
     report = ParityReport(
         passed=all(r.passed for r in results),
         reference={"model": record["checkpoint"]["model_id"], "dtype": "float32", "attention": "eager"},
@@ -161,8 +163,9 @@ def _prompts(root, record, artifacts, prompts_file, decode_steps) -> list[Prompt
     return builtin_prompts(tokenizer, record["checkpoint"].get("sliding_window"), max_len)
 
 
-def _load(record: dict, recipe=None):
-    """The fp32 eager reference; with ``recipe``, its weight rounding applied (None when it changes nothing).
+def _load(record: dict, recipe=None, book=None):
+    """The fp32 eager reference; with ``recipe``, its weights as the export stores them: the code ``book``'s
+    codes dequantized (or, for an export without one, the recipe's rounding); None when that changes nothing.
 
     safetensors checkpoints stream layer by layer (``load_layer_streamed``): a forward holds one module's fp32
     weights, not the model's (a 4B model would need 14 GB)."""
@@ -175,12 +178,30 @@ def _load(record: dict, recipe=None):
         model = load_layer_streamed(checkpoint, "float32", "eager")
         if recipe is None:
             return model
-        transform = rounding(recipe, model)
+        transform = book.transform(recipe) if book is not None else rounding(recipe, model)
         return None if transform is None else load_layer_streamed(checkpoint, "float32", "eager", transform)
     model = checkpoint.load_model(dtype="float32", attn_implementation="eager")
-    if recipe is not None and not fake_quantize(model, recipe):
+    if recipe is None:
+        return model
+    if book is not None:
+        _apply_book(model, book, recipe)
+    elif not fake_quantize(model, recipe):
         return None
     return model
+
+
+def _apply_book(model, book, recipe) -> None:
+    """The code book's weights, dequantized, in place of ``model``'s (lm_head untied first when tied)."""
+    import torch
+
+    from edgepack.parity.fakequant import _untie
+
+    transform = book.transform(recipe)
+    _untie(model, recipe)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                module.weight.copy_(transform(name, module, module.weight.float()))
 
 
 def _reference(record: dict, prompts: list[Prompt], decode_steps: int) -> _Reference:
@@ -203,23 +224,57 @@ def _reference(record: dict, prompts: list[Prompt], decode_steps: int) -> _Refer
     return _Reference(prompts, tokens, greedy, logits)
 
 
-def _quantized_reference(record: dict, reference: _Reference) -> list[np.ndarray] | None:
-    """Logits of the recipe's weight quantization in eager torch, or None when it quantizes nothing."""
+def _codes_key(artifact) -> str | None:
+    return artifact.details.get("codes")
+
+
+def _quantized_references(root: Path, record: dict, artifacts, reference: _Reference) -> dict:
+    """code book key (None: an export without one) -> logits of the eager model with those weights, for each
+    book the artifacts use; {} when the recipe quantizes nothing."""
     import torch
 
     from edgepack.recipes import Recipe
 
     recipe = Recipe.model_validate(record["recipe"])
     if not recipe.rules and recipe.embedding is None and recipe.lm_head is None:
-        return None
-    model = _load(record, recipe)
-    if model is None:
-        return None
-    with torch.no_grad():
-        logits = [model(torch.tensor([ids])).logits[0].float().numpy() for ids in reference.tokens]
-    del model
-    gc.collect()
-    return logits
+        return {}
+    found = {}
+    for key in sorted({_codes_key(a) for a in artifacts}, key=str):
+        book = _book(root, record, recipe, key) if key is not None else None
+        model = _load(record, recipe, book)
+        if model is None:
+            continue
+        with torch.no_grad():
+            found[key] = [model(torch.tensor([ids])).logits[0].float().numpy() for ids in reference.tokens]
+        del model
+        gc.collect()
+    return found
+
+
+def _book(root: Path, record: dict, recipe, key: str):
+    """The export's code book ``key``: from the cache, or computed again (deterministic) when it was evicted."""
+    from edgepack.checkpoint import resolve
+    from edgepack.codes import CodeBook, codes_for
+    from edgepack.codes.calibration import load_calibration
+    from edgepack.tokenizer import DeviceTokenizer
+
+    for kind, entry in (record.get("codes") or {}).items():
+        if entry["key"] != key:
+            continue
+        if (Path(entry["path"]) / "index.json").is_file():
+            return CodeBook(Path(entry["path"]))
+        checkpoint = resolve(record["checkpoint"]["path"], allow_pickle=True, trust_remote_code=False)
+        source = (entry.get("calibration") or {}).get("source")
+        calibration = load_calibration(None if source in (None, "builtin") else source) if recipe.method.calibrated else None
+        variant = recipe if kind == "zero_points" else recipe.symmetric_variant()
+        book = codes_for(checkpoint, variant, tokenizer=DeviceTokenizer(root / "tokenizer"), calibration=calibration)
+        if book is not None and book.key == key:
+            return book
+        raise ArtifactError(
+            f"The code book {key} of {root} is no longer cached and computing it again gave different codes (the "
+            "checkpoint or calibration text changed since the export). Export again."
+        )
+    raise ArtifactError(f"{root}/export.json names no code book {key}. The export folder was edited; export again.")
 
 
 def _run_artifact(runner, reference: _Reference) -> list[np.ndarray]:
