@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-slow test-all lint bench bench-4b clean
+.PHONY: setup demo test test-slow test-all lint bench bench-4b quality clean
 
 $(BIN)/edgepack: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,5 +37,11 @@ bench-4b: setup  ## wall time and peak RSS per stage: a random 3.4B Ministral 3 
 	$(BIN)/edgepack bench-stages ministral3-3b --out artifacts/bench-4b --target onnx,coreml,executorch --limit-gb 14
 	$(BIN)/edgepack bench-stages smollm2 --out artifacts/bench-smollm2 --target onnx,coreml,executorch
 
+quality: setup  ## int4 methods on SmolLM2 and its grid-broken twin beside onnxruntime-genai's int4 model, then the artifacts
+	$(BIN)/edgepack quality --anchor
+	$(BIN)/edgepack quality --noise 0.1 --anchor
+	$(BIN)/edgepack export "$$($(BIN)/python -c 'from edgepack.demo import smollm2_checkpoint as c; print(c())')" \
+		--recipe int4-block32 --out artifacts/quality --max-seq-len 512 --text builtin --force
+
 clean:
-	rm -rf artifacts/demo artifacts/bench artifacts/bench.anchors artifacts/bench-4b artifacts/bench-smollm2 .pytest_cache  # artifacts/.anchors-venv is kept: it takes long to build
+	rm -rf artifacts/demo artifacts/bench artifacts/quality artifacts/bench.anchors artifacts/bench-4b artifacts/bench-smollm2 .pytest_cache  # artifacts/.anchors-venv is kept: it takes long to build

@@ -139,7 +139,7 @@ def test_recipes_lists_and_shows():
     runner = CliRunner()
     listing = runner.invoke(main, ["recipes"])
     assert listing.exit_code == 0
-    assert "int4-block32" in listing.output and "int4 g32 sym+int8 dyn act" in listing.output
+    assert "int4-block32" in listing.output and "int4 g32 asym+int8 dyn act" in listing.output and "codes: gptq" in listing.output
     shown = runner.invoke(main, ["recipes", "int8-weight"])
     assert shown.exit_code == 0 and "bits: 8" in shown.output
 

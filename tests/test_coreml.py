@@ -203,7 +203,9 @@ def test_int4_block32_export_converts_and_runs(coreml_export):
     ]
     assert len(ops) == 15  # 14 linear layers + the (tied) embedding/lm_head
     q_proj = next(op for op in ops if "layers_0_self_attn_q_proj" in op.name)
-    assert types.builtin_to_string(q_proj.data.dtype) == "int4" and q_proj.scale.shape == (64, 64 // 32)
+    # int4-block32 is asymmetric: unsigned codes with an integer offset (zero point) per block
+    assert types.builtin_to_string(q_proj.data.dtype) == "uint4" and q_proj.scale.shape == (64, 64 // 32)
+    assert types.builtin_to_string(q_proj.offset.dtype) == "uint4"
     assert artifact.details["compute_precision"] == "float16" and artifact.weight_bits == 4
     assert any("int8 dynamic activations" in line for line in artifact.unhonoured)
     fp32_root, fp32_artifact, _ = coreml_export("llama")

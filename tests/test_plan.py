@@ -102,8 +102,8 @@ def test_weight_estimate_matches_the_tensors_of_a_real_checkpoint(tiny_checkpoin
             total += n
             if name.endswith("embed_tokens.weight"):  # tied: a quantized gather table and a quantized lm_head
                 expected += 2 * (n + shape[0] * 4)
-            elif len(shape) == 2:
-                expected += n // 2 + n // 32 * 4
+            elif len(shape) == 2:  # int4 codes, an fp32 scale and a uint4 zero point per group of 32
+                expected += n // 2 + n // 32 * 4 + n // 32 // 2
             else:
                 expected += n * 4
     assert weight_bytes(Geometry.from_config(config), load_recipe("int4-block32"), total).total == expected

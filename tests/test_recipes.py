@@ -22,8 +22,13 @@ def test_every_shipped_recipe_validates(name):
 def test_int4_block32_is_what_the_issue_asks():
     r = load_recipe("int4-block32")
     w = r.for_module("model.layers.0.mlp.down_proj")
-    assert (w.bits, w.group_size, w.symmetric, w.activations) == (4, 32, True, "int8_dynamic")
+    assert (w.bits, w.group_size, w.symmetric, w.activations) == (4, 32, False, "int8_dynamic")
+    assert r.method.name == "gptq" and r.method.act_order and r.method.clip_search
     assert r.for_module("model.embed_tokens").bits == 8
+    fast = load_recipe("int4-block32-rtn")
+    assert fast.method.name == "rtn" and fast.rules == r.rules and fast.codes_digest() != r.codes_digest()
+    sym = r.symmetric_variant()
+    assert sym.for_module("model.layers.0.mlp.down_proj").symmetric and sym.method == r.method
     assert load_recipe("int4-block128").for_module("model.layers.3.self_attn.q_proj").group_size == 128
 
 

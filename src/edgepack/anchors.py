@@ -96,23 +96,28 @@ def prepare_anchors(
     return anchors
 
 
-def ensure_env(env_dir: Path, progress: Callable[[str], None] = lambda message: None) -> tuple[str, dict[str, str]]:
-    """The anchors' venv interpreter and {anchor: why it could not be installed}; installs once per pin set."""
+def ensure_env(env_dir: Path, progress: Callable[[str], None] = lambda message: None,
+               names: tuple[str, ...] = ANCHORS) -> tuple[str, dict[str, str]]:  # fmt: skip
+    """The anchors' venv interpreter and {anchor: why it could not be installed}; installs each of ``names``
+    once per pin set (``edgepack quality`` needs only the onnxruntime-genai builder)."""
     python = env_dir / "bin" / "python"
     marker = env_dir / MARKER
-    if marker.is_file():
-        state = json.loads(marker.read_text())
-        if state["requirements"] == REQUIREMENTS and tuple(state.get("overlay", ())) == GENAI_OVERLAY:
-            return str(python), state["failed"]
+    state = json.loads(marker.read_text()) if marker.is_file() else {}
+    if state.get("requirements") != REQUIREMENTS or tuple(state.get("overlay", ())) != GENAI_OVERLAY:
+        state = {"requirements": REQUIREMENTS, "overlay": GENAI_OVERLAY, "failed": {}, "attempted": []}
+    state.setdefault("attempted", list(ANCHORS) if marker.is_file() else [])  # markers before "attempted"
+    missing = [n for n in names if n not in state["attempted"]]
+    if not missing:
+        return str(python), {k: v for k, v in state["failed"].items() if k in names}
     if not python.is_file():
         progress(f"anchors: creating the venv {env_dir}")
         try:
             _run([sys.executable, "-m", "venv", str(env_dir)], "create the anchors' venv")
         except RuntimeError as exc:
-            return str(python), {name: str(exc) for name in ANCHORS}
-    failed = {}
+            return str(python), {name: str(exc) for name in names}
     env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", "-DGGML_NATIVE=ON")}
-    for name, packages in REQUIREMENTS.items():
+    for name in missing:
+        packages = REQUIREMENTS[name]
         progress(f"anchors: installing {', '.join(packages)} into {env_dir}")
         try:
             _run([str(python), "-m", "pip", "install", "-q", TORCH, *packages], f"install {name}", env=env)
@@ -120,10 +125,10 @@ def ensure_env(env_dir: Path, progress: Callable[[str], None] = lambda message: 
                 overlay = ["--target", str(env_dir / GENAI_OVERLAY[0]), GENAI_OVERLAY[1]]  # with its deps, no torch
                 _run([str(python), "-m", "pip", "install", "-q", *overlay], "install the builder's transformers")
         except RuntimeError as exc:
-            failed[name] = str(exc)
-    state = {"requirements": REQUIREMENTS, "overlay": GENAI_OVERLAY, "failed": failed}
+            state["failed"][name] = str(exc)
+        state["attempted"].append(name)
     marker.write_text(json.dumps(state, indent=2) + "\n")
-    return str(python), failed
+    return str(python), {k: v for k, v in state["failed"].items() if k in names}
 
 
 def build_optimum_executorch(python: str, model_dir: Path, work_dir: Path, max_seq_len: int, progress) -> Path:

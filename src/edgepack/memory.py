@@ -229,7 +229,8 @@ def _tensor_bytes(t: Tensor, quant, dtype_bytes: int) -> int:
     groups = t.numel // quant.group_size if quant.group_size else t.rows
     if quant.format == "palette":  # a look-up table of 2**bits entries per group
         return t.numel * quant.bits // 8 + groups * (1 << quant.bits) * dtype_bytes
-    return t.numel * quant.bits // 8 + groups * (dtype_bytes + (0 if quant.symmetric else 1))
+    zero_points = 0 if quant.symmetric else groups * quant.bits // 8  # packed as the codes are (uint4: half a byte)
+    return t.numel * quant.bits // 8 + groups * dtype_bytes + zero_points
 
 
 @dataclass(frozen=True)
@@ -279,8 +280,12 @@ class Footprint:
 
 def footprint(config: dict, recipe, target: str, num_parameters: int | None = None) -> Footprint:
     """Before export: from a config dict and a recipe, for one target (executorch | onnx | coreml)."""
+    from edgepack.exporters import get_exporter
+
     geom = Geometry.from_config(config)
     runtime = TARGET_RUNTIME[target]
+    if not get_exporter(target).zero_points:  # e.g. XNNPACK: the recipe's symmetric variant is what it stores
+        recipe = recipe.symmetric_variant()
     weights = weight_bytes(geom, recipe, num_parameters).total
     return Footprint(geom, weights, runtime, _kv_bytes(runtime, recipe.dtype), KV_WINDOW_AWARE[target])
 

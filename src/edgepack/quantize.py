@@ -70,7 +70,9 @@ def quantize_model(model: torch.nn.Module, recipe: Recipe, codes_of=None) -> lis
         quant = recipe.for_module(name)
         if quant is None or quant.is_float:
             continue
-        note = _quantize_module(module, quant, codes_of(name, module.weight.detach(), quant))
+        # XNNPACK has no zero points: the recipe's symmetric variant (the pipeline's code book is that variant's)
+        symmetric = quant.model_copy(update={"symmetric": True})
+        note = _quantize_module(module, quant, codes_of(name, module.weight.detach(), symmetric))
         if note:
             notes[f"{quant.describe()}: {note}"].append(name)
     return unhonoured(recipe) + [_summarise(note, names) for note, names in notes.items()]

@@ -28,6 +28,7 @@ COMMANDS = {
     "matrix": ("matrix_cmd:matrix", "Run a models x recipes x targets export matrix with a cache."),
     "bench": ("bench_cmd:bench", "Benchmark each artifact in its host runtime."),
     "bench-stages": ("bench_stages_cmd:bench_stages", "Wall time and peak memory of each export stage."),
+    "quality": ("quality_cmd:quality", "Quality of quantization recipes over a long text, before any export."),
     "report": ("report_cmd:report", "Write report.md and report.html for an export folder or a matrix output."),
     "demo": ("demo_cmd:demo", "Export the built-in default model (SmolLM2-135M) with no hub access."),
 }

@@ -21,6 +21,8 @@ from edgepack.cli.parity_cmd import parity_threshold_options, thresholds_from
 @click.option("--prompts", type=click.Path(exists=True, dir_okay=False), help="Parity prompts file (YAML/JSON).")
 @click.option("--calibration", type=click.Path(), default=None,
               help="Calibration text for gptq recipes (.txt, or .jsonl of {text} / {messages}). Default: built-in.")
+@click.option("--text", "text", default=None,
+              help="Parity also over a long text (a UTF-8 file, or 'builtin'); see edgepack parity --help.")
 @parity_threshold_options
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled weights (*.bin, *.pt): they can run code.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a checkpoint that needs custom code (auto_map).")
@@ -28,7 +30,7 @@ from edgepack.cli.parity_cmd import parity_threshold_options, thresholds_from
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @handle_errors
-def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, calibration, allow_pickle,
+def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, calibration, text, allow_pickle,
            trust_remote_code, quiet, as_json, **flags):
     """Export MODEL (a local HF folder, a .gguf file or a hub id) to on-device artifacts."""
     quiet_libraries()
@@ -44,7 +46,7 @@ def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, 
             max_seq_len=max_seq_len,
             force=force,
             parity=not no_parity,
-            parity_options={"prompts_file": prompts, "thresholds": thresholds_from(flags)},
+            parity_options={"prompts_file": prompts, "thresholds": thresholds_from(flags), "text": text},
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
             fallback=fallback,

@@ -34,11 +34,14 @@ def thresholds_from(flags: dict) -> dict:
 @click.option("--decode-steps", type=int, default=8, show_default=True, help="Greedy decode steps per prompt.")
 @click.option("--target", "targets", default=None, help="Comma list: check only these targets.")
 @click.option("--no-split", is_flag=True, help="Skip the quantization/conversion error split (saves one load).")
+@click.option("--text", "text", default=None,
+              help="Also check a long text, teacher-forced (a UTF-8 file, or 'builtin': ~2,000 tokens of prose); "
+                   "reports perplexity and holds the text to the same thresholds.")  # fmt: skip
 @parity_threshold_options
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print parity.json on stdout.")
 @handle_errors
-def parity(export_dir, prompts, decode_steps, targets, no_split, quiet, as_json, **flags):
+def parity(export_dir, prompts, decode_steps, targets, no_split, text, quiet, as_json, **flags):
     """Check every artifact in EXPORT_DIR against the fp32 reference. Writes parity.json/.md/.junit.xml."""
     quiet_libraries()
     from edgepack.errors import ParityError
@@ -52,6 +55,7 @@ def parity(export_dir, prompts, decode_steps, targets, no_split, quiet, as_json,
             decode_steps=decode_steps,
             thresholds=thresholds_from(flags),
             split=not no_split,
+            text=text,
             targets=[t.strip() for t in targets.split(",")] if targets else None,
             progress=progress,
         )

@@ -24,9 +24,10 @@ def recipes(name, as_json):
         return
     loaded = [load_recipe(n) for n in available()]
     if as_json:
-        print_json([{"name": r.name, "description": r.description} for r in loaded])
+        print_json([{"name": r.name, "description": r.description, "method": r.method.describe()} for r in loaded])
         return
     for r in loaded:
         linear = r.rules[0].weights.describe() if r.rules else r.dtype
         emb = r.embedding.describe() if r.embedding else r.dtype
-        click.echo(f"{r.name:<16} linear: {linear:<28} embedding: {emb}")
+        codes = r.method.describe() if r.quantizes else "-"
+        click.echo(f"{r.name:<18} linear: {linear:<26} embedding: {emb:<22} codes: {codes}")

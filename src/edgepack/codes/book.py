@@ -120,7 +120,8 @@ def _compute(checkpoint, recipe, tokenizer, calibration, out: Path, say) -> None
         from edgepack.codes.calibration import token_stream, windows
 
         ids = token_stream(calibration, tokenizer)
-        batch = windows(ids, recipe.method.samples, recipe.method.seq_len, calibration.source)
+        seq_len = min(recipe.method.seq_len, checkpoint.context_length)  # never past the positions it was trained on
+        batch = windows(ids, recipe.method.samples, seq_len, calibration.source)
         distinct = min(1.0, len(ids) / batch.numel())
         meta["calibration"] = {**calibration.record(), "tokens": len(ids), "windows": list(batch.shape),
                                "distinct_share": round(distinct, 3)}  # fmt: skip

@@ -228,7 +228,9 @@ def in_blocks(codes, block: int, *, unsigned: bool):
     n, k = q.shape
     offset = 2 ** (codes.bits - 1)
     if zero is None:
-        q = q.to(torch.int16) + offset  # signed -> the op's unsigned codes around its implicit zero point
+        # signed -> the op's unsigned codes around its implicit zero point: two's complement + offset, in uint8
+        # (wrapping), so a 131k-row lm_head never gets a wider temporary
+        q = q.view(torch.uint8) + offset
         zero = torch.full(scale.shape, offset, dtype=torch.uint8) if unsigned else None
     if codes.group != block:
         if codes.group != k:
@@ -236,13 +238,11 @@ def in_blocks(codes, block: int, *, unsigned: bool):
         blocks = -(-k // block)
         scale = scale.expand(n, blocks)
         zero = None if zero is None else zero.expand(n, blocks)
-    blocks = scale.shape[1]
-    pad = blocks * block - k
+    pad = scale.shape[1] * block - k
     if pad > 0:
-        fill = zero[:, -1:].to(torch.int16) if zero is not None else torch.full((n, 1), offset, dtype=torch.int16)
-        q = torch.cat([q.to(torch.int16), fill.expand(n, pad)], dim=1)
-    q = q.to(torch.uint8).numpy()
-    return q, scale.float().contiguous().numpy(), None if zero is None else zero.contiguous().numpy()
+        fill = zero[:, -1:] if zero is not None else torch.full((n, 1), offset, dtype=torch.uint8)
+        q = torch.cat([q, fill.expand(n, pad)], dim=1)
+    return q.numpy(), scale.float().contiguous().numpy(), None if zero is None else zero.contiguous().numpy()
 
 
 def _pack_rows(codes: np.ndarray, bits: int, block: int) -> np.ndarray:

@@ -1,10 +1,9 @@
-"""The recipe applied in eager torch, for the parity harness's error split.
+"""The recipe applied in eager torch without a code book, for the parity harness's error split of an export
+that has none (exports before code books; float recipes' fp16 rounding).
 
-Weights are quantized and dequantized in place (round to the recipe's grid, kept in fp32), so the eager model
-runs at fp32 speed while carrying exactly the recipe's weight rounding. Dynamic activation quantization is not
-simulated, and backends whose quantizers round differently from torchao's symmetric mapping (onnxruntime,
-coremltools) see that difference counted in the conversion part of the split. (torchao's eager int8-dynamic kernels
-took minutes per prompt on a 135M model here; fake quantization takes seconds.)
+Weights are quantized and dequantized in place by round-to-nearest (``edgepack.codes.rtn``: the one definition
+of the codes), kept in fp32, so the eager model runs at fp32 speed. Dynamic activation quantization is not
+simulated. Exports with a code book use its codes instead (``edgepack.codes.CodeBook.transform``).
 """
 
 from __future__ import annotations
@@ -55,21 +54,9 @@ def _simulable(quant) -> bool:
 
 def _round(w, bits: int, group_size: int | None, symmetric: bool):
     """Quantize-dequantize ``w`` [rows, cols] along its last dim in groups (None: one group per row)."""
-    rows, cols = w.shape
-    group = group_size if group_size and cols % group_size == 0 else cols
-    g = w.reshape(rows, cols // group, group)
-    if symmetric:
-        # torchao's symmetric mapping (the one ExecuTorch's exports use): scale = max|w| / ((qmax - qmin) / 2)
-        qmax = 2 ** (bits - 1) - 1
-        scale = g.abs().amax(-1, keepdim=True).clamp(min=1e-12) / ((2**bits - 1) / 2)
-        q = (g / scale).round().clamp(-qmax - 1, qmax)
-        return (q * scale).reshape(rows, cols)
-    qmax = 2**bits - 1
-    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    scale = ((hi - lo) / qmax).clamp(min=1e-12)
-    zero = (-lo / scale).round()
-    q = ((g / scale).round() + zero).clamp(0, qmax)
-    return ((q - zero) * scale).reshape(rows, cols)
+    from edgepack.codes import rtn
+
+    return rtn(w, bits, group_size, symmetric).dequantize()
 
 
 def _untie(model, recipe) -> None:

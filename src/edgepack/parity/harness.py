@@ -51,6 +51,7 @@ class ArtifactParity:
     failures: list[dict] = field(default_factory=list)
     split: dict | None = None
     per_prompt: list[dict] = field(default_factory=list)
+    text: dict | None = None  # with a text: {"metrics" (+ ppl, ppl_reference, ppl_ratio), "split"}
 
 
 @dataclass
@@ -60,6 +61,7 @@ class ParityReport:
     prompts: int
     decode_steps: int
     artifacts: list[ArtifactParity]
+    text: dict | None = None  # {"source", "tokens", "windows"} when a text was checked
 
     def to_json(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, **asdict(self)}
@@ -67,7 +69,8 @@ class ParityReport:
     def summary(self) -> dict:
         return {
             "passed": self.passed,
-            "artifacts": {a.target: {"passed": a.passed, **a.metrics} for a in self.artifacts},
+            "artifacts": {a.target: {"passed": a.passed, **a.metrics,
+                                     **({"text": a.text["metrics"]} if a.text else {})} for a in self.artifacts},
         }
 
     def failure_message(self, where: Path | str) -> str:
@@ -75,8 +78,9 @@ class ParityReport:
         for a in self.artifacts:
             for f in a.failures:
                 op = "<=" if AT_MOST[f["metric"]] else ">="
+                on = " on the text" if f.get("on") == "text" else ""
                 lines.append(
-                    f"  - {a.path}: {f['metric']} = {f['value']:.6g}, must be {op} {f['threshold']:.6g}"
+                    f"  - {a.path}: {f['metric']}{on} = {f['value']:.6g}, must be {op} {f['threshold']:.6g}"
                 )
         return "\n".join(lines)
 
@@ -109,17 +113,22 @@ def check_parity(
     split: bool = True,
     targets: list[str] | None = None,
     runner_options: dict[str, dict] | None = None,
+    text: str | Path | None = None,
     write_reports: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> ParityReport:
+    """Every artifact of ``export_root`` against the fp32 reference over the prompts; with ``text`` (a file, or
+    "builtin"), also teacher-forced over that long text (``edgepack.parity.text``), held to the same thresholds."""
     say = progress or (lambda message: None)
     root = Path(export_root)
     artifacts = [a for a in discover(root) if not targets or a.target in targets]
     record = json.loads((root / "export.json").read_text())
     prompts = _prompts(root, record, artifacts, prompts_file, decode_steps)
+    long_text = _text(root, artifacts, text) if text is not None else None
 
-    say(f"verify: fp32 reference over {len(prompts)} prompts")
-    reference = _reference(record, prompts, decode_steps)
+    say(f"verify: fp32 reference over {len(prompts)} prompts" + (f" and {long_text.tokens} tokens of text"
+                                                                  if long_text else ""))  # fmt: skip
+    reference = _reference(record, prompts, decode_steps, long_text)
     quantized = _quantized_references(root, record, artifacts, reference) if split else {}
 
     limits = {**record["recipe"].get("parity", {}), **{k: v for k, v in (thresholds or {}).items() if v is not None}}
@@ -135,6 +144,7 @@ def check_parity(
         prompts=len(prompts),
         decode_steps=decode_steps,
         artifacts=results,
+        text=long_text.record() if long_text else None,
     )
     if write_reports:
         from edgepack.parity.report import write_reports as write
@@ -149,6 +159,15 @@ class _Reference:
     tokens: list[list[int]]  # per prompt: prompt ids + greedy ids
     greedy: list[list[int]]
     logits: list[np.ndarray]  # per prompt: [len(tokens), vocab]
+    text: object = None  # edgepack.parity.text.Text, or None
+    text_logits: list[np.ndarray] | None = None  # per text window
+
+
+def _text(root: Path, artifacts, source):
+    from edgepack.parity.text import load_text
+    from edgepack.tokenizer import DeviceTokenizer
+
+    return load_text(source, DeviceTokenizer(root / "tokenizer"), min(a.max_seq_len for a in artifacts) - 1)
 
 
 def _prompts(root, record, artifacts, prompts_file, decode_steps) -> list[Prompt]:
@@ -204,7 +223,7 @@ def _apply_book(model, book, recipe) -> None:
                 module.weight.copy_(transform(name, module, module.weight.float()))
 
 
-def _reference(record: dict, prompts: list[Prompt], decode_steps: int) -> _Reference:
+def _reference(record: dict, prompts: list[Prompt], decode_steps: int, text=None) -> _Reference:
     import torch
 
     model = _load(record)
@@ -219,9 +238,17 @@ def _reference(record: dict, prompts: list[Prompt], decode_steps: int) -> _Refer
             tokens.append(ids[:-1])
             greedy.append(ids[len(prompt.ids):])
             logits.append(full)
+        text_logits = _logits(model, text.windows) if text else None
     del model
     gc.collect()
-    return _Reference(prompts, tokens, greedy, logits)
+    return _Reference(prompts, tokens, greedy, logits, text, text_logits)
+
+
+def _logits(model, windows: list[list[int]]) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        return [model(torch.tensor([ids])).logits[0].float().numpy() for ids in windows]
 
 
 def _codes_key(artifact) -> str | None:
@@ -229,10 +256,8 @@ def _codes_key(artifact) -> str | None:
 
 
 def _quantized_references(root: Path, record: dict, artifacts, reference: _Reference) -> dict:
-    """code book key (None: an export without one) -> logits of the eager model with those weights, for each
-    book the artifacts use; {} when the recipe quantizes nothing."""
-    import torch
-
+    """code book key (None: an export without one) -> (prompt logits, text logits or None) of the eager model
+    with those weights, for each book the artifacts use; {} when the recipe quantizes nothing."""
     from edgepack.recipes import Recipe
 
     recipe = Recipe.model_validate(record["recipe"])
@@ -244,8 +269,8 @@ def _quantized_references(root: Path, record: dict, artifacts, reference: _Refer
         model = _load(record, recipe, book)
         if model is None:
             continue
-        with torch.no_grad():
-            found[key] = [model(torch.tensor([ids])).logits[0].float().numpy() for ids in reference.tokens]
+        text = _logits(model, reference.text.windows) if reference.text else None
+        found[key] = (_logits(model, reference.tokens), text)
         del model
         gc.collect()
     return found
@@ -277,20 +302,28 @@ def _book(root: Path, record: dict, recipe, key: str):
     raise ArtifactError(f"{root}/export.json names no code book {key}. The export folder was edited; export again.")
 
 
-def _run_artifact(runner, reference: _Reference) -> list[np.ndarray]:
+def _run_artifact(runner, reference: _Reference) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Logits of every prompt (prefill, then the reference's greedy tokens one at a time) and of every text
+    window (one prefill each)."""
     outputs = []
     for prompt, greedy in zip(reference.prompts, reference.greedy):
         runner.reset()
         chunks = [runner.forward(list(prompt.ids))]
         chunks += [runner.forward([tok]) for tok in greedy[:-1]]
         outputs.append(np.concatenate(chunks, axis=0).astype(np.float32))
-    return outputs
+    text = None
+    if reference.text is not None:
+        text = []
+        for window in reference.text.windows:
+            runner.reset()
+            text.append(np.asarray(runner.forward(list(window)), dtype=np.float32))
+    return outputs, text
 
 
 def _check_artifact(root, artifact, reference, quantized, limits, options) -> ArtifactParity:
     try:
         runner = open_runner(root, artifact, **options)
-        got = _run_artifact(runner, reference)
+        got, got_text = _run_artifact(runner, reference)
     except EdgepackError:
         raise
     except Exception as exc:  # noqa: BLE001 - any runtime failure means the artifact cannot be checked
@@ -301,13 +334,18 @@ def _check_artifact(root, artifact, reference, quantized, limits, options) -> Ar
     per_prompt = [_prompt_metrics(ref, out, reference.greedy[i], len(reference.prompts[i].ids))
                   for i, (ref, out) in enumerate(zip(reference.logits, got))]
     measured = metrics.aggregate(per_prompt)
+    quant_prompts, quant_text = quantized if quantized is not None else (None, None)
     split = None
-    if quantized is not None:
+    if quant_prompts is not None:
         split = {
-            "quantization": metrics.aggregate([metrics.compare(r, q) for r, q in zip(reference.logits, quantized)]),
-            "conversion": metrics.aggregate([metrics.compare(q, g) for q, g in zip(quantized, got)]),
+            "quantization": metrics.aggregate([metrics.compare(r, q) for r, q in zip(reference.logits, quant_prompts)]),
+            "conversion": metrics.aggregate([metrics.compare(q, g) for q, g in zip(quant_prompts, got)]),
         }
     failures = _failures(measured, limits)
+    text = None
+    if got_text is not None:
+        text = _text_quality(reference, quant_text, got_text)
+        failures += [{**f, "on": "text"} for f in _failures(text["metrics"], limits)]
     return ArtifactParity(
         target=artifact.target,
         path=artifact.path,
@@ -318,7 +356,19 @@ def _check_artifact(root, artifact, reference, quantized, limits, options) -> Ar
         failures=failures,
         split=split,
         per_prompt=[{"prompt": p.name, "tokens": len(p.ids), **m} for p, m in zip(reference.prompts, per_prompt)],
+        text=text,
     )
+
+
+def _text_quality(reference: _Reference, quantized, got) -> dict:
+    from edgepack.parity.text import text_metrics
+
+    windows = reference.text.windows
+    found = {"metrics": text_metrics(reference.text_logits, got, windows), "split": None}
+    if quantized is not None:
+        found["split"] = {"quantization": text_metrics(reference.text_logits, quantized, windows),
+                          "conversion": text_metrics(quantized, got, windows)}  # fmt: skip
+    return found
 
 
 def _prompt_metrics(ref: np.ndarray, got: np.ndarray, greedy: list[int], prompt_len: int) -> dict[str, float]:
@@ -332,7 +382,7 @@ def _failures(measured: dict, limits: dict) -> list[dict]:
     failures = []
     for key, (metric, at_most) in THRESHOLDS.items():
         limit = limits.get(key)
-        if limit is None:
+        if limit is None or metric not in measured:  # a text has no greedy continuation
             continue
         value = measured[metric]
         ok = value <= limit if at_most else value >= limit

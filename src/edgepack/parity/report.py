@@ -24,18 +24,21 @@ def junit(report) -> str:
     suite = ET.Element("testsuite", name="edgepack.parity")
     cases = failed = 0
     for a in report.artifacts:
-        for key, (metric, at_most) in THRESHOLDS.items():
-            limit = a.thresholds.get(key)
-            if limit is None:
-                continue
-            cases += 1
-            case = ET.SubElement(suite, "testcase", classname=f"parity.{a.target}", name=f"{a.path}::{metric}")
-            value = a.metrics[metric]
-            ET.SubElement(case, "system-out").text = f"{metric}={value:.6g} threshold={limit:.6g}"
-            if any(f["metric"] == metric for f in a.failures):
-                failed += 1
-                op = "<=" if at_most else ">="
-                ET.SubElement(case, "failure", message=f"{metric} = {value:.6g}, must be {op} {limit:.6g}")
+        sections = [("prompts", a.metrics)] + ([("text", a.text["metrics"])] if a.text else [])
+        for on, measured in sections:
+            for key, (metric, at_most) in THRESHOLDS.items():
+                limit = a.thresholds.get(key)
+                if limit is None or metric not in measured:
+                    continue
+                cases += 1
+                name = f"{a.path}::{metric}" if on == "prompts" else f"{a.path}::text::{metric}"
+                case = ET.SubElement(suite, "testcase", classname=f"parity.{a.target}", name=name)
+                value = measured[metric]
+                ET.SubElement(case, "system-out").text = f"{metric}={value:.6g} threshold={limit:.6g}"
+                if any(f["metric"] == metric and f.get("on", "prompts") == on for f in a.failures):
+                    failed += 1
+                    op = "<=" if at_most else ">="
+                    ET.SubElement(case, "failure", message=f"{metric} = {value:.6g}, must be {op} {limit:.6g}")
     suite.set("tests", str(cases))
     suite.set("failures", str(failed))
     ET.indent(suite)
@@ -67,11 +70,23 @@ def markdown(report) -> str:
                 m = a.split[part]
                 lines.append(f"| `{a.path}` | {part} | {_fmt(m['max_abs_diff'])} | {_fmt(m['cosine'])} | "
                              f"{_fmt(m['top1'])} | {_fmt(m['kl'])} |")
+    if report.text:
+        t = report.text
+        lines += ["", "## Long text", "",
+                  f"`{t['source']}`: {t['tokens']} tokens in {t['windows']} windows, each one prefill, teacher-forced. "
+                  "ppl: the text's perplexity under the artifact; ratio: over the fp32 reference's.", "",
+                  "| artifact | part | top1 | kl | cosine | ppl | ppl ratio |", "|---|---|---|---|---|---|---|"]
+        for a in report.artifacts:
+            parts = [("export", a.text["metrics"])] + list((a.text["split"] or {}).items())
+            for part, m in parts:
+                lines.append(f"| `{a.path}` | {part} | {_fmt(m['top1'])} | {_fmt(m['kl'])} | {_fmt(m['cosine'])} | "
+                             f"{m['ppl']:.3f} | {m['ppl_ratio']:.3f} |")
+        lines.append(f"\nReference perplexity: {report.artifacts[0].text['metrics']['ppl_reference']:.3f}.")
     failures = [(a, f) for a in report.artifacts for f in a.failures]
     if failures:
         lines += ["", "## Failures", ""]
-        lines += [f"- `{a.path}`: {f['metric']} = {_fmt(f['value'])} (threshold {_fmt(f['threshold'])})"
-                  for a, f in failures]
+        lines += [f"- `{a.path}`: {f['metric']}{' on the text' if f.get('on') == 'text' else ''} = "
+                  f"{_fmt(f['value'])} (threshold {_fmt(f['threshold'])})" for a, f in failures]
     return "\n".join(lines) + "\n"
 
 
