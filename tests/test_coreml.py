@@ -32,6 +32,11 @@ PROMPT, DECODE = 12, 8
 FP32_TOL = 1e-4
 FP16_TOL = 2e-2
 
+# Not the bare "What is the capital of France?": SmolLM2 in fp32 itself nearly ties there ("The" 0.155 against
+# "L" 0.140 for the first token, measured), so any int4 codes flip a coin (GPTQ's asymmetric codes answer
+# "L'Etoile de France"). With the city asked for, fp32 and both GPTQ books answer Paris.
+QUESTION = "What is the capital of France? Answer with the city's name."
+
 
 @pytest.fixture(scope="module")
 def coreml_export(tiny_checkpoint, tmp_path_factory):
@@ -361,7 +366,7 @@ def test_smollm2_int4_block32_core_ml_parity(smollm2_int4):
     assert size < 150e6
 
     tokenizer = DeviceTokenizer(smollm2_int4 / "tokenizer")
-    ids = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}]))
+    ids = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}]))
     runner = open_runner(smollm2_int4, Artifact.read(smollm2_int4 / "coreml"))
     logits = runner.forward(ids)
     answer = [int(logits[-1].argmax())]

@@ -29,6 +29,11 @@ ARCHS = {
 PROMPT = [int(t) for t in np.random.default_rng(0).integers(5, 300, 20)]  # longer than the window of 8
 DECODE_STEPS = 8
 
+# Not the bare "What is the capital of France?": SmolLM2 in fp32 itself nearly ties there ("The" 0.155 against
+# "L" 0.140 for the first token, measured), so any int4 codes flip a coin (GPTQ's asymmetric codes answer
+# "L'Etoile de France"). With the city asked for, fp32 and both GPTQ books answer Paris.
+QUESTION = "What is the capital of France? Answer with the city's name."
+
 
 def export(checkpoint_dir: Path, out: Path, recipe: str = "fp32", max_seq_len: int = 64):
     from edgepack.checkpoint import resolve
@@ -287,7 +292,7 @@ def test_smollm2_int4_answers_paris_in_onnxruntime_genai(smollm2_int4):
     folder = smollm2_int4 / "onnx"
     sizes = {p.name: p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data")}
     tokenizer = DeviceTokenizer(smollm2_int4 / "tokenizer")
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}])
     model = og.Model(str(folder))
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=96, do_sample=False)
