@@ -27,7 +27,9 @@ def recipes(name, as_json):
         print_json([{"name": r.name, "description": r.description, "method": r.method.describe()} for r in loaded])
         return
     for r in loaded:
-        linear = r.rules[0].weights.describe() if r.rules else r.dtype
+        linear = r.rules[-1].weights.describe() if r.rules else r.dtype  # the catch-all rule comes last
+        if len(r.rules) > 1:
+            linear += f" (+{len(r.rules) - 1} rules)"
         emb = r.embedding.describe() if r.embedding else r.dtype
         codes = r.method.describe() if r.quantizes else "-"
-        click.echo(f"{r.name:<18} linear: {linear:<26} embedding: {emb:<22} codes: {codes}")
+        click.echo(f"{r.name:<18} linear: {linear:<36} embedding: {emb:<22} codes: {codes}")
