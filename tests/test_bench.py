@@ -142,3 +142,22 @@ def test_an_anchor_that_cannot_be_installed_is_reported_unavailable(onnx_export,
     assert "unavailable: could not install optimum-executorch: ResolutionImpossible" in table
     assert "unavailable: could not install llama.cpp: cmake failed" in table
     assert result.results[0].ok  # edgepack's own artifact is still measured
+
+
+def test_anchor_venv_installs_only_the_anchors_asked_for(tmp_path, monkeypatch):
+    """`edgepack quality --anchor` needs onnxruntime-genai alone; `make bench` later installs just the others."""
+    from edgepack import anchors
+
+    commands = []
+    monkeypatch.setattr(anchors, "_run", lambda cmd, what, env=None: commands.append(what))
+    env = tmp_path / "venv"
+    env.mkdir()  # what `python -m venv` would have made (the mock runs nothing)
+    _, failed = anchors.ensure_env(env, names=("onnxruntime-genai",))
+    assert failed == {} and commands == ["create the anchors' venv", "install onnxruntime-genai",
+                                         "install the builder's transformers"]  # fmt: skip
+    commands.clear()
+    assert anchors.ensure_env(env, names=("onnxruntime-genai",)) == (str(env / "bin" / "python"), {})
+    assert commands == []  # already attempted: nothing runs
+    anchors.ensure_env(env)
+    assert commands == ["create the anchors' venv", "install optimum-executorch", "install llama.cpp"]
+    assert set(json.loads((env / anchors.MARKER).read_text())["attempted"]) == set(anchors.ANCHORS)
