@@ -380,3 +380,16 @@ def test_smollm2_calibrated_int4_keeps_the_model_over_a_long_text(smollm2_int4):
         assert text[target]["kl"] <= 0.12 and text[target]["top1"] >= 0.78 and text[target]["ppl_ratio"] < 1.15
     assert text["executorch"]["kl"] <= 0.18 and text["executorch"]["top1"] >= 0.72
     assert report.passed
+
+
+def test_parity_recomputes_an_evicted_code_book_and_checks_its_key(gptq_export, monkeypatch):
+    import shutil
+
+    from edgepack.parity.harness import check_parity
+
+    found, record = books(gptq_export)
+    folder = found["zero_points"].folder
+    monkeypatch.setenv("EDGEPACK_CACHE", str(folder.parents[1]))  # where the fixture's export cached it
+    shutil.rmtree(folder)
+    report = check_parity(gptq_export.out, targets=["onnx"], write_reports=False)
+    assert (folder / "index.json").is_file() and report.artifacts[0].split["conversion"]["kl"] < 0.05

@@ -39,21 +39,22 @@ def method_quality(model: str | Path, recipes: list, *, text: str | Path = "buil
     from edgepack.checkpoint import resolve
     from edgepack.codes import codes_for
     from edgepack.codes.calibration import load_calibration
-    from edgepack.parity.text import load_text, text_metrics
+    from edgepack.parity.text import eager_logits, load_text, text_metrics
     from edgepack.recipes import Recipe, load_recipe
     from edgepack.tokenizer import DeviceTokenizer
     from edgepack.weights import load_layer_streamed
 
     checkpoint = resolve(model)
+    if isinstance(calibration, (str, Path)):
+        calibration = load_calibration(calibration)
     tokenizer = DeviceTokenizer(checkpoint.path)
     long_text = load_text(text, tokenizer, max_len)
     say(f"quality: fp32 reference over {long_text.tokens} tokens")
-    reference = _logits(load_layer_streamed(checkpoint, "float32", "eager"), long_text.windows)
+    reference = eager_logits(load_layer_streamed(checkpoint, "float32", "eager"), long_text.windows)
     rows = []
     for recipe in recipes:
         recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-        cal = (calibration if calibration is None or not isinstance(calibration, (str, Path))
-               else load_calibration(calibration)) if recipe.method.calibrated else None  # fmt: skip
+        cal = calibration if recipe.method.calibrated else None
         variants = [(recipe.name, recipe)]
         if symmetric and recipe.symmetric_variant() != recipe:
             variants.append((f"{recipe.name} (symmetric, .pte)", recipe.symmetric_variant()))
@@ -62,7 +63,7 @@ def method_quality(model: str | Path, recipes: list, *, text: str | Path = "buil
             book = codes_for(checkpoint, variant, tokenizer=tokenizer, calibration=cal, say=say)
             seconds = time.perf_counter() - start
             model_q = load_layer_streamed(checkpoint, "float32", "eager", book.transform(variant))
-            got = _logits(model_q, long_text.windows)
+            got = eager_logits(model_q, long_text.windows)
             rows.append(Row(label, variant.method.describe(), round(seconds, 1),
                             text_metrics(reference, got, long_text.windows)))  # fmt: skip
             say(f"quality: {label}: {_brief(rows[-1].metrics)}")
@@ -100,12 +101,6 @@ def genai_anchor(model: str | Path, env_dir: Path | None = None, say=lambda m: N
     except RuntimeError as exc:
         raise ExportError(f"The onnxruntime-genai anchor could not be built: {exc}") from None
 
-
-def _logits(model, windows):
-    import torch
-
-    with torch.no_grad():
-        return [model(torch.tensor([w])).logits[0].float().numpy() for w in windows]
 
 
 def _brief(m: dict) -> str:

@@ -26,6 +26,7 @@ from edgepack.errors import ArtifactError, EdgepackError
 from edgepack.exporters import ARTIFACT_FILE, Artifact
 from edgepack.parity import metrics, open_runner
 from edgepack.parity.prompts import Prompt, builtin_prompts, load_prompts
+from edgepack.parity.text import eager_logits
 
 SCHEMA_VERSION = 1
 # threshold key -> (metric, True when the metric must stay at or below the threshold)
@@ -238,17 +239,11 @@ def _reference(record: dict, prompts: list[Prompt], decode_steps: int, text=None
             tokens.append(ids[:-1])
             greedy.append(ids[len(prompt.ids):])
             logits.append(full)
-        text_logits = _logits(model, text.windows) if text else None
+        text_logits = eager_logits(model, text.windows) if text else None
     del model
     gc.collect()
     return _Reference(prompts, tokens, greedy, logits, text, text_logits)
 
-
-def _logits(model, windows: list[list[int]]) -> list[np.ndarray]:
-    import torch
-
-    with torch.no_grad():
-        return [model(torch.tensor([ids])).logits[0].float().numpy() for ids in windows]
 
 
 def _codes_key(artifact) -> str | None:
@@ -269,8 +264,8 @@ def _quantized_references(root: Path, record: dict, artifacts, reference: _Refer
         model = _load(record, recipe, book)
         if model is None:
             continue
-        text = _logits(model, reference.text.windows) if reference.text else None
-        found[key] = (_logits(model, reference.tokens), text)
+        text = eager_logits(model, reference.text.windows) if reference.text else None
+        found[key] = (eager_logits(model, reference.tokens), text)
         del model
         gc.collect()
     return found

@@ -53,6 +53,14 @@ def load_text(source: str | Path, tokenizer, max_len: int) -> Text:
     return Text(str(source), windows)
 
 
+def eager_logits(model, windows: list[list[int]]) -> list[np.ndarray]:
+    """An eager model's logits over each window (one forward each), float32 numpy."""
+    import torch
+
+    with torch.no_grad():
+        return [model(torch.tensor([ids])).logits[0].float().numpy() for ids in windows]
+
+
 def nll(logits: list[np.ndarray], windows: list[list[int]]) -> np.ndarray:
     """Negative log-likelihood of every next token of every window (the last position predicts nothing)."""
     out = []
