@@ -8,6 +8,7 @@ A stage that copied the model whole (a float32 cast, a second state dict, a grap
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,11 +69,12 @@ def _peak_above_baseline(stage: str, model: Path, out: Path) -> int:
     return json.loads(proc.stdout.strip().splitlines()[-1])["delta"]
 
 
-@pytest.mark.parametrize("stage, bound", [("load", 0.5), ("onnx", 1.9), ("reference", 0.5)])
+@pytest.mark.parametrize("stage, bound", [("load", 0.5), ("onnx", 1.25), ("reference", 0.5)])
 def test_stage_never_holds_two_copies_of_the_weights(sizes, tmp_path, stage, bound):
     """Peak memory per byte of checkpoint. load: tensors are assigned, not copied (measured ~0.0). onnx: the bf16
-    model while its weights are written, then the int4 file read back to inline it (measured 1.7; a float32 cast
-    alone would add 2.0). reference: one module at a time in float32 (measured ~0.0 per byte: a fixed ~300 MB)."""
+    model while its weights are written, then the int4 file read back to inline it (measured 0.89, three runs; 1.55
+    to 2.11 before ``edgepack.allocator`` fixed glibc's mmap threshold; a float32 cast alone would add 2.0).
+    reference: one module at a time in float32 (measured ~0.0 per byte: a fixed ~300 MB)."""
     small, large = sizes[3], sizes[12]
     size = {p: sum(f.stat().st_size for f in p.glob("*.safetensors")) for p in (small, large)}
     delta = {p: _peak_above_baseline(stage, p, tmp_path / p.name) for p in (small, large)}
@@ -80,3 +82,13 @@ def test_stage_never_holds_two_copies_of_the_weights(sizes, tmp_path, stage, bou
     print(f"\n{stage}: {delta[small] >> 20} / {delta[large] >> 20} MiB above baseline for {size[small] >> 20} / "
           f"{size[large] >> 20} MiB checkpoints: {slope:.2f} bytes per checkpoint byte")  # fmt: skip
     assert slope < bound
+
+
+def test_a_threshold_set_in_the_environment_is_kept():
+    """``MALLOC_MMAP_THRESHOLD_`` is the user's to set; edgepack fixes glibc's threshold only when it is unset."""
+    code = "from edgepack.allocator import return_large_frees; print(return_large_frees())"
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    kept = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    env.pop("MALLOC_MMAP_THRESHOLD_")
+    fixed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert (kept.stdout.strip(), fixed.stdout.strip()) == ("False", "True" if sys.platform == "linux" else "False")

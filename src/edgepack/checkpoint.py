@@ -148,6 +148,9 @@ class Checkpoint:
         family (sdpa where supported). The parity reference passes ``attn_implementation="eager"``: it is the one
         every family implements in full (Gemma 2's attention soft-capping, for one, exists only there).
         """
+        from edgepack.allocator import return_large_frees
+
+        return_large_frees()
         if all(f.suffix == ".safetensors" for f in self.weight_files):
             from edgepack.weights import load_streaming
 

@@ -162,6 +162,9 @@ def load_layer_streamed(checkpoint: Checkpoint, dtype: str = "float32", attn_imp
     model that fits is read once."""
     import torch
 
+    from edgepack.allocator import return_large_frees
+
+    return_large_frees()
     torch_dtype = getattr(torch, dtype)
     model = _empty_model(checkpoint, torch_dtype, attn_implementation)
     index = TensorIndex(checkpoint)
