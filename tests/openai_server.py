@@ -6,7 +6,8 @@ entry per request (the last repeats); ``GET /__log`` returns the requests seen; 
 
 Behaviours: ``ok`` (JSON, or SSE when the request streams), ``429``, ``429:<retry-after>``, ``503``, ``404``,
 ``401``, ``slow:<s>`` (sleep, then ok), ``malformed`` (200 with a body that is not a completion),
-``cut`` (SSE: two events, then the connection closes), ``trickle:<s>`` (SSE with <s> between events).
+``cut`` (SSE: two events, then the connection closes), ``trickle:<s>`` (SSE with <s> between events),
+``drip:<s>`` (the answer one byte every <s> s, over HTTP/1.0: every read gets a byte, the answer never ends in time).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class Handler(BaseHTTPRequestHandler):
         if kind in ("429", "503", "404", "401"):
             headers = {"Retry-After": arg} if arg else {}
             return self._json(int(kind), {"error": {"message": f"scripted {kind}"}}, headers)
+        if kind == "drip":  # the whole answer, one byte every <arg> s: each read gets data, the answer never ends
+            return self._drip(body, float(arg))
         if kind == "malformed":
             return self._raw(200, "application/json", b"{not json")
         if body.get("stream") or kind in ("cut", "trickle"):
@@ -89,6 +92,20 @@ class Handler(BaseHTTPRequestHandler):
         if kind != "cut":
             self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
+
+    def _drip(self, body, gap):
+        stream = bool(body.get("stream"))
+        payload = (b": ping\n\ndata: " + json.dumps(_chunk(body.get("model"), ANSWER[0], None)).encode() + b"\n\n"
+                   if stream else json.dumps(_completion(body.get("model"))).encode())  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream" if stream else "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.flush()
+        for i in range(len(payload)):
+            self.wfile.write(payload[i : i + 1])
+            self.wfile.flush()
+            time.sleep(gap)
 
     def _event(self, data):
         self.wfile.write(b"data: " + json.dumps(data).encode() + b"\n\n")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import shutil
 import zipfile
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from edgepack.bundle import write_bundle
 from edgepack.cli import main
-from edgepack.errors import ManifestError, ParityError
+from edgepack.errors import ManifestError, ParityError, VerifyError
 from edgepack.manifest import write_manifest
 from fake_export import make_export
 
@@ -145,3 +147,117 @@ def test_bundle_errors(export, tmp_path):
     result = CliRunner().invoke(main, ["bundle", str(tampered), "--out", str(tmp_path / "never")])
     assert result.exit_code == 1 and "no longer matches its manifest" in result.output
     assert not (tmp_path / "never").exists()
+
+
+# --- hostile bundles: links, climbing paths, zip bombs, secrets in other clothes --------------------------------
+
+
+def test_bundle_refuses_a_manifest_that_climbs_out_and_reads_nothing_outside(export, tmp_path):
+    """A manifest listing ../../etc/hostname (or an absolute path) is refused before anything is read or written."""
+    for bad in ("../../../../etc/hostname", "/etc/hostname", "tokenizer/../../x"):
+        tampered = shutil.copytree(export, tmp_path / "t", dirs_exist_ok=True)
+        manifest = json.loads((tampered / "manifest.json").read_text())
+        manifest["tokenizer"]["files"][0]["path"] = bad
+        (tampered / "manifest.json").write_text(json.dumps(manifest))
+        for argv in (["bundle", str(tampered), "--out", str(tmp_path / "o")], ["verify", str(tampered)]):
+            result = CliRunner().invoke(main, argv)
+            assert result.exit_code in (1, 2) and "is not a path relative to the manifest's folder" in result.output
+        assert not (tmp_path / "o").exists()
+
+
+def test_verify_flags_links_and_never_follows_them(export, tmp_path):
+    out = _bundle(export, tmp_path / "b")
+    android = out / "android"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "leak.txt").write_text(f"token {HF_TOKEN}")
+    (android / "extra").symlink_to(outside, target_is_directory=True)
+    listed = android / "tokenizer/tokenizer.json"
+    (outside / "tokenizer.json").write_bytes(listed.read_bytes())  # same bytes: the digest alone would pass
+    listed.unlink()
+    listed.symlink_to(outside / "tokenizer.json")
+    result = _verify(android)
+    assert result.exit_code == 1
+    assert f"extra: a symbolic link (to {outside})" in result.output
+    assert f"tokenizer/tokenizer.json: a symbolic link (to {outside / 'tokenizer.json'})" in result.output
+    assert "leak.txt" not in result.output, "a linked folder is flagged, not walked"
+    with pytest.raises(VerifyError, match="a symbolic link"):  # bundle refuses a linked export file as well
+        export_copy = shutil.copytree(export, tmp_path / "e", symlinks=True)
+        target = export_copy / "tokenizer/tokenizer.json"
+        (outside / "t2.json").write_bytes(target.read_bytes())
+        target.unlink()
+        target.symlink_to(outside / "t2.json")
+        write_bundle(export_copy, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("form", ["word byte before it", "escaped JSON header", "UTF-16 LE", "UTF-16 BE", "nested zip"])
+def test_verify_finds_a_secret_in_every_form(export, tmp_path, form):
+    out = _bundle(export, tmp_path / "b")
+    android = out / "android"
+    header = '{"headers": "{\\"Authorization\\": \\"Bearer abcdefgh12345678\\"}"}'
+    planted = android / "planted.bin"
+    if form == "word byte before it":
+        planted.write_bytes(b"\x00\x07xyz" + HF_TOKEN.encode() + b"\x00")
+    elif form == "escaped JSON header":
+        planted.write_text(header)
+    elif form == "UTF-16 LE":
+        planted.write_bytes(f"key: {HF_TOKEN}\n".encode("utf-16-le"))
+    elif form == "UTF-16 BE":
+        planted.write_bytes(f"key: {HF_TOKEN}\n".encode("utf-16-be"))
+    else:
+        inner = tmp_path / "inner.zip"
+        with zipfile.ZipFile(inner, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("deep/config.json", f'{{"token": "{HF_TOKEN}"}}')
+        with zipfile.ZipFile(planted, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.write(inner, "inner.zip")
+    result = _verify(android)
+    assert result.exit_code == 1
+    kind = "Authorization header" if form == "escaped JSON header" else "Hugging Face token"
+    where = "planted.bin!inner.zip!deep/config.json" if form == "nested zip" else "planted.bin"
+    assert f"{where} (byte" in result.output and kind in result.output, result.output
+    assert HF_TOKEN not in result.output
+
+
+def test_verify_reads_a_zip_in_place_and_refuses_a_bomb_unread(export, tmp_path):
+    """A fresh bundle's zip verifies without extracting anything; a 1 MB zip of 1 GiB is refused at once."""
+    import time
+
+    out = _bundle(export, tmp_path / "b")
+    before = set(Path(tempfile_dir()).iterdir())
+    assert _verify(out / "android.zip").exit_code == 0
+    assert set(Path(tempfile_dir()).iterdir()) == before, "nothing extracted to disk"
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        with zf.open("zeros.bin", "w", force_zip64=True) as member:
+            for _ in range(64):
+                member.write(bytes(1 << 24))
+    start = time.perf_counter()
+    result = _verify(bomb)
+    assert result.exit_code == 1 and "a zip bomb" in result.output
+    assert time.perf_counter() - start < 5
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def test_stale_temporary_folders_of_killed_runs_are_removed_and_reported(export, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited: its temporary folders are stale
+    out = tmp_path / "b"
+    for kind in ("tmp", "old"):
+        stale = tmp_path / f".b.{kind}-{pid}"
+        stale.mkdir()
+        (stale / "half-written.bin").write_bytes(b"\0" * 1000)
+    alive = tmp_path / f".b.tmp-{os.getppid()}"  # a running process's folder is left alone
+    alive.mkdir()
+    messages = []
+    write_bundle(export, out, say=messages.append)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".b.")) == [alive.name]
+    assert messages == [f"removed 2 temporary folder(s) left by killed runs beside b: .b.old-{pid}, .b.tmp-{pid}"]

@@ -159,6 +159,16 @@ def test_slow_answers_end_at_the_overall_deadline(cloud):
     assert all(a.outcome == "timeout" for a in result.attempts)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_dripping_http10_answer_ends_at_the_deadline(cloud, stream):
+    """HTTP/1.0 closes the connection object as soon as the headers are read (``conn.sock`` is None after), and a
+    byte every 50 ms satisfies every socket timeout: only a deadline kept outside the reads ends it in time."""
+    fb = cloud({"acme/m:fastest": ["drip:0.05"]}, attempt_timeout_s=1.0, deadline_s=1.5)
+    result, _, elapsed = _run(fb, stream=stream)
+    assert result.outcome in ("deadline", "stream_cut") and 1.4 <= elapsed, (result.outcome, elapsed)
+    assert elapsed <= 1.5 + 0.15, f"{elapsed:.2f}s for a 1.5s deadline"
+
+
 def test_malformed_body_is_retried_then_the_next_provider_answers(cloud):
     fb = cloud({"acme/m:groq": ["malformed"]}, providers=["groq", "together"])
     result, _, _ = _run(fb, stream=False)

@@ -3,7 +3,7 @@
 iOS gets the Core ML package, Android the .pte and the ONNX model; both get the tokenizer and a manifest
 narrowed to their artifacts. Identical inputs give byte-identical outputs: files in sorted order, fixed
 timestamps and permissions, a fixed compression level. The export is checked against its manifest before
-anything is copied, and OUT appears all at once (built in a temporary sibling, then renamed).
+anything is copied, and OUT appears all at once (``edgepack.atomic``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgepack.atomic import atomic_dir
 from edgepack.errors import ManifestError, ParityError, VerifyError
 from edgepack.manifest import MANIFEST_FILE, read_manifest, validate_manifest, write_json_atomic
 
@@ -34,7 +35,7 @@ class Bundle:
 
 def write_bundle(
     export_root: str | Path, out: str | Path, platform: str = "all", *, force: bool = False,
-    allow_failed_parity: bool = False,
+    allow_failed_parity: bool = False, say=lambda message: None,
 ) -> list[Bundle]:  # fmt: skip
     """Write OUT/<platform>/ and OUT/<platform>.zip for each platform; returns what was written."""
     from edgepack.verify import check_files
@@ -51,14 +52,13 @@ def write_bundle(
     _check_parity(manifest, platforms, allow_failed_parity)
     if out.exists() and not force:
         raise ManifestError(f"{out} already exists. Delete it, pass --force, or choose another --out.")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    if out.resolve().is_relative_to(root.resolve()):
+        raise ManifestError(f"--out {out} is inside the export folder {root}; a bundle beside the export it copies "
+                            "would be copied into the next one. Choose a folder outside it.")  # fmt: skip
+    if not out.parent.is_dir():
+        raise ManifestError(f"The parent folder of {out} does not exist. Create it first.")
+    with atomic_dir(out, ManifestError, say) as tmp:
         bundles = [_write_platform(root, manifest, p, tmp) for p in platforms]
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return [
         Bundle(b.platform, out / b.platform, out / f"{b.platform}.zip", b.files, b.bytes, b.artifacts)
         for b in bundles
@@ -150,12 +150,3 @@ def _zip(folder: Path, archive: Path) -> list[str]:
     os.chmod(archive, 0o644)
     os.utime(archive, (EPOCH, EPOCH))
     return files
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Swap the finished tree into place; an old OUT is removed only after the new one is there."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)

@@ -207,6 +207,7 @@ def _check_folder(
     wrapper = WRAPPERS.get(config_dict["model_type"]) if config_dict.get("model_type") in WRAPPERS else None
     text_dict = _text_config(path, config_dict, wrapper)
     spec = spec_for(_ConfigView(text_dict))
+    _check_context(path, text_dict)
     weights = _weight_files(path, allow_pickle)
     checkpoint = Checkpoint(source, path, config_dict, spec, weights, allow_pickle, trust_remote_code, extra, wrapper)
     _check_rope(path, checkpoint.rope)
@@ -232,6 +233,27 @@ def _text_config(path: Path, config_dict: dict, wrapper: Wrapper | None) -> dict
             "the language model's model_type. Re-download the checkpoint's config.json."
         )
     return text
+
+
+def _check_context(path: Path, text_dict: dict) -> None:
+    # Absent: 2048 (context_length). Present, it sizes every KV cache: anything but a positive integer is an error.
+    value = text_dict.get("max_position_embeddings")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise CheckpointError(
+            f"{path / 'config.json'}: max_position_embeddings is {value!r}; it must be a positive integer (the "
+            "model's context length in tokens). Fix config.json or re-download it."
+        )
+
+
+def require_tokenizer(checkpoint: Checkpoint) -> None:
+    """A checkpoint without a tokenizer cannot be exported or described: say so before any work is done."""
+    from edgepack.tokenizer_package import NATIVE_FILES
+
+    if not any((checkpoint.path / n).is_file() for n in ("tokenizer.json", *NATIVE_FILES)):
+        raise CheckpointError(
+            f"{checkpoint.path} has no tokenizer (tokenizer.json, {', '.join(NATIVE_FILES)}). Copy the model's "
+            "tokenizer files into the folder, or re-download the checkpoint."
+        )
 
 
 def _check_rope(path: Path, rope: dict) -> None:
@@ -307,11 +329,27 @@ def _indexed_files(index: Path) -> list[Path]:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{index} is not a valid safetensors index ({exc}).") from None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index} is not a valid safetensors index (weight_map is not an object).")
+    # Shards are files of this folder: a name with a path in it could make edgepack read anything on the machine.
+    strays = sorted({str(n) for n in weight_map.values() if not _plain_shard_name(n)})
+    if strays:
+        raise CheckpointError(
+            f"{index} names shards outside its folder or not safetensors ({', '.join(strays[:3])}). Shard names "
+            "must be plain *.safetensors file names; re-download the checkpoint."
+        )
     files = sorted({index.parent / name for name in weight_map.values()})
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise CheckpointError(f"{index.parent} is missing shards listed in its index: {', '.join(missing)}.")
     return files
+
+
+def _plain_shard_name(name) -> bool:
+    return (
+        isinstance(name, str) and name.endswith(".safetensors") and Path(name).name == name
+        and name not in (".", "..") and "\\" not in name
+    )  # fmt: skip
 
 
 def check_safetensors(path: Path) -> dict:
@@ -329,10 +367,44 @@ def check_safetensors(path: Path) -> dict:
             header = json.loads(fh.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CheckpointError(f"{bad} (unreadable header). Re-download it.") from None
+    problems = _header_problems(header)
+    if problems:
+        raise CheckpointError(f"{bad} (malformed header: {'; '.join(problems[:3])}). Re-download it.")
     end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
         raise CheckpointError(f"{bad}: tensors need {8 + n + end} bytes, the file has {size}. Re-download it.")
     return header
+
+
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+
+
+def _header_problems(header) -> list[str]:
+    """What makes a safetensors header unusable: each tensor needs a dtype, a shape and data_offsets whose byte
+    range holds exactly that many elements (checked for the dtypes listed; sub-byte ones pass)."""
+    import math
+
+    if not isinstance(header, dict):
+        return ["not a JSON object"]
+    problems = []
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(t, dict) or not {"dtype", "shape", "data_offsets"} <= t.keys():
+            problems.append(f"{name!r} lacks dtype, shape or data_offsets")
+            continue
+        shape, offsets, width = t["shape"], t["data_offsets"], _DTYPE_BYTES.get(t["dtype"])
+        ints = isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [*shape, *offsets])  # fmt: skip
+        if not ints or offsets[0] > offsets[1]:
+            problems.append(f"{name!r} has a bad shape or data_offsets")
+        elif width is not None and offsets[1] - offsets[0] != math.prod(shape) * width:
+            problems.append(f"{name!r}: shape {shape} of {t['dtype']} needs {math.prod(shape) * width} bytes, "
+                            f"data_offsets give {offsets[1] - offsets[0]}")  # fmt: skip
+    return problems
 
 
 def _count_params(path: Path, keep) -> int:

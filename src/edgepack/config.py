@@ -33,7 +33,15 @@ def read_data(path: Path, error: type[ConfigError] = ConfigError) -> Any:
     try:
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise error(str(path), [f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"]) from None
+        raise error(str(path), [f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {_one_line(exc)}"]) from None
+
+
+def _one_line(exc: Exception) -> str:
+    """yaml's message spans lines (context, a caret under the column); where it is and what was found suffice."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(exc).split())
+    return f"{getattr(exc, 'problem', None) or 'syntax error'} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def validate(model: type[M], data: Any, source: str, error: type[ConfigError] = ConfigError) -> M:

@@ -8,6 +8,7 @@ cache is keyed by the file's sha256, so an edited file converts again.
 from __future__ import annotations
 
 import shutil
+import struct
 from pathlib import Path
 
 from edgepack.errors import CheckpointError
@@ -23,7 +24,7 @@ def convert_gguf(path: Path, dtype: str = "bfloat16") -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _convert(path, tmp, dtype)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, IndexError, EOFError, struct.error) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"Could not read GGUF file {path}: {exc}") from None
     shutil.rmtree(out, ignore_errors=True)

@@ -21,8 +21,10 @@ def describe(model: str, *, allow_pickle: bool = False, trust_remote_code: bool 
 
 
 def _tokenizer(checkpoint) -> dict:
+    from edgepack.checkpoint import require_tokenizer
     from edgepack.tokenizer_package import NATIVE_FILES
 
+    require_tokenizer(checkpoint)
     files = sorted(set(checkpoint.tokenizer_files) | {n for n in NATIVE_FILES if (checkpoint.path / n).is_file()})
     source = next((n for n in NATIVE_FILES if n in files), "tokenizer.json")
     source = {"tekken.json": "tekken", "tokenizer.model": "sentencepiece"}.get(source, source)

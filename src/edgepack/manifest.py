@@ -44,8 +44,16 @@ def validate_manifest(data: Any, source: str = MANIFEST_FILE) -> None:
 
     errors = sorted(Draft202012Validator(schema()).iter_errors(data), key=lambda e: list(map(str, e.path)))
     if errors:
-        lines = "\n".join(f"  - {'.'.join(map(str, e.path)) or '<top>'}: {e.message}" for e in errors)
-        raise ManifestError(f"{source} does not match the manifest schema v{SCHEMA_VERSION}:\n{lines}")
+        lines = [f"{'.'.join(map(str, e.path)) or '<top>'}: {_message(e)}" for e in errors]
+        listed = f" {lines[0]}" if len(lines) == 1 else "\n" + "\n".join(f"  - {line}" for line in lines)
+        raise ManifestError(f"{source} does not match the manifest schema v{SCHEMA_VERSION}:{listed}")
+
+
+def _message(error) -> str:
+    # A pattern's regex means nothing to a reader; the schema's description of the value says what was wanted.
+    if error.validator == "pattern" and "description" in error.schema:
+        return f"{error.instance!r} is not {error.schema['description']}"
+    return error.message
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -18,20 +18,18 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from edgepack import __version__
+from edgepack.atomic import atomic_dir
 from edgepack.checkpoint import Checkpoint, resolve
 from edgepack.errors import ExportError, ParityError
 from edgepack.exporters import Artifact, ExportRequest, get_exporter, target_names
-from edgepack.recipes import Recipe, load_recipe
+from edgepack.recipes import Recipe, check_thresholds, load_recipe
 
 EXPORT_FILE = "export.json"
 TOKENIZER_DIR = "tokenizer"
@@ -89,13 +87,14 @@ def export(
     say = progress or (lambda message: None)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     targets = check_targets(targets)
+    check_thresholds((parity_options or {}).get("thresholds"))
     out = check_output(Path(out), force)
     say(f"load: resolving {model}")
     calibration = check_calibration(recipe, calibration)
     checkpoint = resolve(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     max_seq_len = check_max_seq_len(checkpoint, max_seq_len)
     result = ExportResult(out, [])
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, ExportError, say) as tmp:
         write_export_record(tmp, checkpoint, recipe, max_seq_len, targets)
         books = compute_codes(tmp, checkpoint, recipe, targets, calibration, say)
         for target in targets:
@@ -106,7 +105,7 @@ def export(
             from edgepack.parity.harness import check_parity
 
             say("verify: checking parity against the fp32 reference")
-            result.parity = check_parity(tmp, progress=say, **(parity_options or {}))
+            result.parity = check_parity(tmp, progress=say, allow_pickle=checkpoint.allow_pickle, **(parity_options or {}))
         manifest = package(tmp, fallback, devices, say)
     result.manifest = out / manifest.name if manifest else None
     result.seconds = time.perf_counter() - start
@@ -154,9 +153,15 @@ def compute_codes(root: Path, checkpoint: Checkpoint, recipe: Recipe, targets, c
 
 
 def check_targets(targets: Sequence[str] | None) -> list[str]:
+    """None means every target; a list must name only known targets (a blank one is a typo, not "all")."""
     known = target_names()
-    if not targets:
+    if targets is None:
         return known
+    if not targets or not all(t.strip() for t in targets):
+        raise ExportError(
+            f"--target {','.join(targets)!r} has an empty name in it. Pass a comma list of {', '.join(known)}, "
+            "or leave --target out for every target."
+        )
     unknown = [t for t in targets if t not in known]
     if unknown:
         raise ExportError(f"Unknown target {', '.join(map(repr, unknown))}. Supported: {', '.join(known)}.")
@@ -187,24 +192,6 @@ def check_max_seq_len(checkpoint: Checkpoint, max_seq_len: int | None) -> int:
             f"Pass --max-seq-len {context} or less."
         )
     return max_seq_len
-
-
-@contextmanager
-def atomic_dir(out: Path, force: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out``; on success it replaces ``out``, on failure it is removed."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_export_record(root: Path, checkpoint: Checkpoint, recipe: Recipe, max_seq_len: int, targets) -> None:

@@ -96,12 +96,24 @@ class Rule(Strict):
 class ParityThresholds(Strict):
     """What an export of this recipe must meet against the fp32 reference (checked by ``edgepack parity``)."""
 
-    max_abs_diff: float | None = None
-    min_cosine: float | None = None
-    min_top1: float | None = Field(None, description="fraction of positions whose argmax agrees")
-    min_top5_overlap: float | None = None
-    max_kl: float | None = Field(None, description="mean KL(reference || export), nats")
-    min_greedy_agreement: float | None = Field(None, description="fraction of greedy tokens that agree")
+    max_abs_diff: float | None = Field(None, ge=0)
+    min_cosine: float | None = Field(None, ge=-1, le=1)
+    min_top1: float | None = Field(None, ge=0, le=1, description="fraction of positions whose argmax agrees")
+    min_top5_overlap: float | None = Field(None, ge=0, le=1)
+    max_kl: float | None = Field(None, ge=0, description="mean KL(reference || export), nats")
+    min_greedy_agreement: float | None = Field(None, ge=0, le=1, description="fraction of greedy tokens that agree")
+
+
+def check_thresholds(thresholds: dict | None) -> ParityThresholds:
+    """Overrides of a recipe's thresholds (``--min-top1`` and friends), checked before anything runs."""
+    from edgepack.config import validate
+    from edgepack.errors import ConfigError
+
+    given = {k: v for k, v in (thresholds or {}).items() if v is not None}
+    try:
+        return validate(ParityThresholds, given, "parity thresholds")
+    except ConfigError as exc:  # name them as the command line does
+        raise ConfigError("parity thresholds", [f"--{p.replace('_', '-')}" for p in exc.problems]) from None
 
 
 class Recipe(Strict):

@@ -13,15 +13,23 @@ from pathlib import Path
 from edgepack.errors import CheckpointError
 
 
+def read_tokenizer(path: Path):
+    """``tokenizers.Tokenizer`` of a tokenizer.json; an unreadable file is a CheckpointError naming it."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for any unreadable file
+        raise CheckpointError(f"{path} is not a readable tokenizer.json ({exc}). Re-download it.") from None
+
+
 class DeviceTokenizer:
     def __init__(self, folder: Path):
-        from tokenizers import Tokenizer
-
         self.folder = Path(folder)
         path = self.folder / "tokenizer.json"
         if not path.is_file():
             raise CheckpointError(f"{self.folder} has no tokenizer.json; edgepack packages tokenizer.json only.")
-        self.tokenizer = Tokenizer.from_file(str(path))
+        self.tokenizer = read_tokenizer(path)
         self.config = _read_json(self.folder / "tokenizer_config.json")
         self.generation = _read_json(self.folder / "generation_config.json")
 

@@ -70,7 +70,7 @@ class _Reference:
 def package_tokenizer(checkpoint, out: Path, needs_json: bool = True) -> TokenizerPackage:
     """Write ``checkpoint``'s tokenizer into ``out`` for every runtime and check it (``needs_json``: a target
     that reads tokenizer.json is exported, so it must reproduce the reference)."""
-    from edgepack.checkpoint import TOKENIZER_FILES
+    from edgepack.checkpoint import TOKENIZER_FILES, require_tokenizer
 
     src = checkpoint.path
     out.mkdir(parents=True, exist_ok=True)
@@ -79,11 +79,7 @@ def package_tokenizer(checkpoint, out: Path, needs_json: bool = True) -> Tokeniz
             shutil.copy2(src / name, out / name)
     source = "tekken" if (src / "tekken.json").is_file() else "sentencepiece" if (src / "tokenizer.model").is_file() \
         else "tokenizer.json"  # fmt: skip
-    if source == "tokenizer.json" and not (src / "tokenizer.json").is_file():
-        raise CheckpointError(
-            f"{src} has no tokenizer (tokenizer.json, tekken.json or tokenizer.model). Copy the model's tokenizer "
-            "files into the folder."
-        )
+    require_tokenizer(checkpoint)
     converted = not (out / "tokenizer.json").is_file()
     if converted:
         _convert(source, src, out)
@@ -225,9 +221,11 @@ def _transformers_reference(src: Path) -> _Reference:
 
 def _fix_bos(path: Path, reference: _Reference) -> bool:
     """Make tokenizer.json add the reference's leading BOS (TemplateProcessing); True when it was changed."""
-    from tokenizers import Tokenizer, processors
+    from tokenizers import processors
 
-    tok = Tokenizer.from_file(str(path))
+    from edgepack.tokenizer import read_tokenizer
+
+    tok = read_tokenizer(path)
     want, got = reference.encode("a"), tok.encode("a", add_special_tokens=True).ids
     if not want or want[0] == (got[0] if got else None) or want[1:] != got:
         return False
@@ -270,9 +268,9 @@ def _check(out: Path, reference: _Reference, source: str) -> int:
 
 def _check_vocab(path: Path, checkpoint) -> None:
     """A tokenizer whose ids run past the model's embedding table would index out of bounds on device."""
-    from tokenizers import Tokenizer
+    from edgepack.tokenizer import read_tokenizer
 
-    size = Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
+    size = read_tokenizer(path).get_vocab_size(with_added_tokens=True)
     vocab = checkpoint.text_config_dict.get("vocab_size")
     if vocab and size > vocab:
         raise CheckpointError(

@@ -29,7 +29,8 @@ def bundle(export_dir, platform, out, force, allow_failed_parity, as_json):
     """Write OUT/<platform>/ and OUT/<platform>.zip from the export folder EXPORT_DIR."""
     from edgepack.bundle import write_bundle
 
-    written = write_bundle(export_dir, out, platform, force=force, allow_failed_parity=allow_failed_parity)
+    written = write_bundle(export_dir, out, platform, force=force, allow_failed_parity=allow_failed_parity,
+                           say=lambda message: click.echo(message, err=True))  # fmt: skip
     if as_json:
         return print_json([{**vars(b), "folder": str(b.folder), "zip": str(b.zip)} for b in written])
     for b in written:

@@ -37,11 +37,14 @@ def thresholds_from(flags: dict) -> dict:
 @click.option("--text", "text", default=None,
               help="Also check a long text, teacher-forced (a UTF-8 file, or 'builtin': ~2,000 tokens of prose); "
                    "reports perplexity and holds the text to the same thresholds.")  # fmt: skip
+@click.option("--allow-pickle", is_flag=True,
+              help="Let the reference load a checkpoint of pickled weights (.bin/.pt) -- only one you trust: export.json "
+                   "names the checkpoint, and unpickling runs code.")  # fmt: skip
 @parity_threshold_options
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Print parity.json on stdout.")
 @handle_errors
-def parity(export_dir, prompts, decode_steps, targets, no_split, text, quiet, as_json, **flags):
+def parity(export_dir, prompts, decode_steps, targets, no_split, text, allow_pickle, quiet, as_json, **flags):
     """Check every artifact in EXPORT_DIR against the fp32 reference. Writes parity.json/.md/.junit.xml."""
     quiet_libraries()
     from edgepack.errors import ParityError
@@ -56,7 +59,8 @@ def parity(export_dir, prompts, decode_steps, targets, no_split, text, quiet, as
             thresholds=thresholds_from(flags),
             split=not no_split,
             text=text,
-            targets=[t.strip() for t in targets.split(",")] if targets else None,
+            allow_pickle=allow_pickle,
+            targets=[t.strip() for t in targets.split(",")] if targets is not None else None,
             progress=progress,
         )
     if as_json:

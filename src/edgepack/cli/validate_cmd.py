@@ -24,6 +24,6 @@ def validate(files, kind):
             click.echo(f"ok    {name} ({what})")
         except ConfigError as exc:
             bad += 1
-            click.echo(f"error {exc}", err=True)
+            click.echo(f"error: {exc}", err=True)
     if bad:
         raise SystemExit(2)

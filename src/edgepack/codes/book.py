@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from edgepack.atomic import remove_stale, sibling
 from edgepack.codes.core import Codes, rtn
 
 VERSION = 1  # bump when the codes' definition changes: old cache entries are then never read
@@ -90,7 +90,8 @@ def codes_for(checkpoint, recipe, *, tokenizer=None, calibration=None, say=lambd
     if (folder / INDEX).is_file():
         say(f"codes: {recipe.method.describe()} codes from the cache ({folder.name})")
         return CodeBook(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    remove_stale(folder, say)
+    tmp = sibling(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

@@ -116,14 +116,25 @@ def check_parity(
     runner_options: dict[str, dict] | None = None,
     text: str | Path | None = None,
     write_reports: bool = True,
+    allow_pickle: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> ParityReport:
     """Every artifact of ``export_root`` against the fp32 reference over the prompts; with ``text`` (a file, or
-    "builtin"), also teacher-forced over that long text (``edgepack.parity.text``), held to the same thresholds."""
+    "builtin"), also teacher-forced over that long text (``edgepack.parity.text``), held to the same thresholds.
+
+    The reference is the checkpoint ``export.json`` names, loaded as ``inspect`` and ``export`` load one: pickled
+    weights only with ``allow_pickle``, never because the export folder says so (it may have been tampered with)."""
+    from edgepack.recipes import check_thresholds
+
     say = progress or (lambda message: None)
     root = Path(export_root)
-    artifacts = [a for a in discover(root) if not targets or a.target in targets]
-    record = json.loads((root / "export.json").read_text())
+    check_thresholds(thresholds)
+    if decode_steps < 1:
+        raise EdgepackError(f"--decode-steps must be at least 1, got {decode_steps}.")
+    artifacts = _chosen(discover(root), targets, root)
+    record = _export_record(root)
+    record["checkpoint"]["allow_pickle"] = allow_pickle  # the caller's choice, whatever the folder holds
+    _checkpoint(record)  # refused here (pickles, a missing folder) before any tokenizer or runtime is read
     prompts = _prompts(root, record, artifacts, prompts_file, decode_steps)
     long_text = _text(root, artifacts, text) if text is not None else None
 
@@ -152,6 +163,34 @@ def check_parity(
 
         write(root, report)
     return report
+
+
+def _chosen(artifacts: list[Artifact], targets: list[str] | None, root: Path) -> list[Artifact]:
+    """The artifacts of ``targets`` (None: all); a blank, unknown or absent target is an error, not "all"."""
+    from edgepack.exporters import target_names
+
+    if targets is None:
+        return artifacts
+    held = [a.target for a in artifacts]
+    if not targets or not all(t.strip() for t in targets):
+        raise EdgepackError(f"--target {','.join(targets)!r} has an empty name in it. Pass a comma list of "
+                            f"{', '.join(held)}, or leave --target out for all of them.")  # fmt: skip
+    unknown = [t for t in targets if t not in target_names()]
+    absent = [t for t in targets if t not in held and t not in unknown]
+    if unknown or absent:
+        what = f"Unknown target {', '.join(map(repr, unknown))}" if unknown else f"{root} holds no {', '.join(absent)} artifact"
+        raise EdgepackError(f"{what}. This export holds: {', '.join(held)}.")
+    return [a for a in artifacts if a.target in targets]
+
+
+def _export_record(root: Path) -> dict:
+    try:
+        record = json.loads((root / "export.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{root / 'export.json'} is unreadable ({exc}). Export again.") from None
+    if not isinstance(record, dict) or not isinstance(record.get("checkpoint"), dict) or "path" not in record["checkpoint"]:
+        raise ArtifactError(f"{root / 'export.json'} is not an edgepack export record. Export again.")
+    return record
 
 
 @dataclass
@@ -189,11 +228,10 @@ def _load(record: dict, recipe=None, book=None):
 
     safetensors checkpoints stream layer by layer (``load_layer_streamed``): a forward holds one module's fp32
     weights, not the model's (a 4B model would need 14 GB)."""
-    from edgepack.checkpoint import resolve
     from edgepack.parity.fakequant import fake_quantize, rounding
     from edgepack.weights import load_layer_streamed
 
-    checkpoint = resolve(record["checkpoint"]["path"], allow_pickle=True, trust_remote_code=False)
+    checkpoint = _checkpoint(record)
     if all(f.suffix == ".safetensors" for f in checkpoint.weight_files):
         model = load_layer_streamed(checkpoint, "float32", "eager")
         if recipe is None:
@@ -208,6 +246,13 @@ def _load(record: dict, recipe=None, book=None):
     elif not fake_quantize(model, recipe):
         return None
     return model
+
+
+def _checkpoint(record: dict):
+    from edgepack.checkpoint import resolve
+
+    source = record["checkpoint"]
+    return resolve(source["path"], allow_pickle=source.get("allow_pickle", False), trust_remote_code=False)
 
 
 def _apply_book(model, book, recipe) -> None:
@@ -273,7 +318,6 @@ def _quantized_references(root: Path, record: dict, artifacts, reference: _Refer
 
 def _book(root: Path, record: dict, recipe, key: str):
     """The export's code book ``key``: from the cache, or computed again (deterministic) when it was evicted."""
-    from edgepack.checkpoint import resolve
     from edgepack.codes import CodeBook, codes_for
     from edgepack.codes.calibration import load_calibration
     from edgepack.tokenizer import DeviceTokenizer
@@ -283,7 +327,7 @@ def _book(root: Path, record: dict, recipe, key: str):
             continue
         if (Path(entry["path"]) / "index.json").is_file():
             return CodeBook(Path(entry["path"]))
-        checkpoint = resolve(record["checkpoint"]["path"], allow_pickle=True, trust_remote_code=False)
+        checkpoint = _checkpoint(record)
         source = (entry.get("calibration") or {}).get("source")
         calibration = load_calibration(None if source in (None, "builtin") else source) if recipe.method.calibrated else None
         variant = recipe if kind == "zero_points" else recipe.symmetric_variant()

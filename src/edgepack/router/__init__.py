@@ -18,6 +18,8 @@ def device_state(manifest: dict, state: dict) -> DeviceState:
     ``artifact`` may be a full object, an artifact path or target from the manifest, or absent: then the
     manifest's ``devices`` entry for ``device`` picks it (null when that device is cloud-only).
     """
+    if not isinstance(state, dict):
+        raise ConfigError("device state", [f"expected a mapping at the top level, got {type(state).__name__}"])
     state = dict(state)
     artifacts = {a["path"]: a for a in manifest["artifacts"]} | {
         a["target"]: a for a in manifest["artifacts"]

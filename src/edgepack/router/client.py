@@ -16,7 +16,9 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -163,6 +165,8 @@ def _post(url, headers, body, timeout, deadline, stream, on_delta, result) -> tu
     clock = _Clock(conn, timeout, deadline)
     try:
         conn.request("POST", u.path, body, {**headers, **({"Accept": "text/event-stream"} if stream else {})})
+        clock.watch(conn.sock)
+        clock.arm()
         resp = conn.getresponse()
         if resp.status != 200:
             raise _Failed(
@@ -171,36 +175,80 @@ def _post(url, headers, body, timeout, deadline, stream, on_delta, result) -> tu
         if stream and "text/event-stream" in (resp.getheader("Content-Type") or ""):
             return _read_stream(resp, clock, on_delta, result)
         return _read_json(resp, clock)
-    except TimeoutError:
-        raise _Failed("timeout", detail=f"no answer within {clock.limit():.2f}s") from None
-    except (http.client.IncompleteRead, ConnectionError, http.client.RemoteDisconnected) as exc:
-        partial = stream and result.text
-        raise _Failed("stream_cut" if partial else "connection", detail=type(exc).__name__) from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise _Failed("connection", detail=str(exc)) from None
+    except (OSError, http.client.HTTPException, _Failed) as exc:
+        raise _failure(exc, clock, stream and bool(result.text)) from None
     finally:
+        clock.stop()
         conn.close()
 
 
+def _failure(exc: Exception, clock: _Clock, partial: bool) -> _Failed:
+    """What ended an attempt; whatever a read saw once the clock cut the socket, it is a timeout."""
+    if clock.expired or isinstance(exc, TimeoutError):
+        return _Failed("timeout", detail=f"no answer within {clock.allowed:.2f}s")
+    if isinstance(exc, _Failed):
+        return exc
+    if isinstance(exc, (http.client.IncompleteRead, ConnectionError, http.client.RemoteDisconnected)):
+        return _Failed("stream_cut" if partial else "connection", detail=type(exc).__name__)
+    return _Failed("connection", detail=str(exc))
+
+
 class _Clock:
-    """Keeps every socket read inside the attempt's timeout and the overall deadline."""
+    """Keeps every read inside the attempt's timeout (streaming: per event) and the overall deadline.
+
+    A socket timeout bounds one recv, not a read: a server sending a byte at a time satisfies it forever, and
+    once an HTTP/1.0 or ``Connection: close`` answer's headers are read the connection object drops its socket
+    (``conn.sock`` is None) while the response still reads from it. So a timer shuts the socket down when the
+    time is up, which ends whatever read is blocked on it; ``expired`` then tells a cut from a real EOF."""
 
     def __init__(self, conn, timeout: float, deadline: float):
         self.conn, self.timeout, self.deadline = conn, timeout, deadline
         self.attempt_end = time.monotonic() + timeout
+        self.allowed = timeout
+        self.expired = False
+        self._sock = None
+        self._timer: threading.Timer | None = None
 
     def limit(self) -> float:
         return max(0.0, min(self.attempt_end, self.deadline) - time.monotonic())
+
+    def watch(self, sock) -> None:
+        """The socket the response reads from (kept: the connection may drop its own reference)."""
+        self._sock = sock
 
     def arm(self, idle: bool = False) -> None:
         """Before a read: time left for the attempt (or, streaming, for the next event) within the deadline."""
         if idle:
             self.attempt_end = time.monotonic() + self.timeout
         left = self.limit()
-        if left <= 0:
+        if left <= 0 or self.expired:
             raise TimeoutError()
-        if self.conn.sock is not None:
-            self.conn.sock.settimeout(left)
+        self.allowed = left
+        if self._sock is not None:
+            self._sock.settimeout(left)
+            self._restart(left)
+
+    def check(self) -> None:
+        """After a read that ended (EOF): raise if it ended because the time was up."""
+        if self.expired:
+            raise TimeoutError()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _restart(self, left: float) -> None:
+        self.stop()
+        self._timer = threading.Timer(left, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        self.expired = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _read_json(resp, clock: _Clock) -> tuple[str, str | None]:
@@ -209,6 +257,7 @@ def _read_json(resp, clock: _Clock) -> tuple[str, str | None]:
         clock.arm()
         chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
         if not chunk:
+            clock.check()
             break
         raw += chunk
     try:
@@ -229,6 +278,7 @@ def _read_stream(resp, clock: _Clock, on_delta, result) -> tuple[str, str | None
         clock.arm(idle=True)
         line = resp.readline()
         if not line:
+            clock.check()
             if finish is not None:
                 return result.text, finish
             raise _Failed(
