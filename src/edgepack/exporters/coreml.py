@@ -85,6 +85,7 @@ class CoreMLExporter:
         add_metadata(mlmodel, request, compute, layout)
         package = out / PACKAGE
         mlmodel.save(str(package))
+        make_reproducible(package)
         files = sorted(p.relative_to(out).as_posix() for p in package.rglob("*") if p.is_file())
         return request.artifact(
             self,
@@ -95,6 +96,29 @@ class CoreMLExporter:
             unhonoured=self.unhonoured(recipe),
             details={"compute_precision": compute, **layout},
         )
+
+
+def make_reproducible(package: Path) -> None:
+    """The same export, byte for byte: coremltools writes the metadata map in hash order and names the package's
+    items with random UUIDs. The spec is re-serialised deterministically (sorted map keys) and each item named by
+    a UUID derived from its path."""
+    import uuid
+
+    from coremltools.proto import Model_pb2
+
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"edgepack:{item['path']}"))
+               for old, item in manifest["itemInfoEntries"].items()}  # fmt: skip
+    manifest["itemInfoEntries"] = {renamed[k]: v for k, v in sorted(manifest["itemInfoEntries"].items(),
+                                                                    key=lambda kv: kv[1]["path"])}  # fmt: skip
+    manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4) + "\n")
+    root_item = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]
+    spec_path = package / "Data" / root_item["path"]
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def compute_name(compute: str) -> str:
