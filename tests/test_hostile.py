@@ -17,7 +17,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from click.testing import CliRunner
@@ -29,7 +29,7 @@ from fake_export import make_export
 
 @dataclass(frozen=True)
 class Case:
-    build: Callable[[Path, "Inputs"], list[str]]  # (tmp/in, inputs) -> argv
+    build: Callable[[Path, Inputs], list[str]]  # (tmp/in, inputs) -> argv
     says: str  # a fragment of the one line
     code: int = 2
 
@@ -104,7 +104,7 @@ def _first_tensor(header: dict) -> dict:
 def _index(names: list[str]) -> Callable[[Path, Inputs], Path]:
     def damage(_, inputs: Inputs) -> Path:
         model = inputs.model()
-        (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": n for n in names}}))
+        (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {f"t{i}": n for i, n in enumerate(names)}}))
         return model
 
     return damage

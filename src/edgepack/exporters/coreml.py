@@ -214,7 +214,27 @@ def patch_coremltools() -> None:
         original(context, node, dtype, dtype_name)
 
     ops._cast = _cast
+    _cast_stand_ins_as_views()
     _PATCHED = True
+
+
+def _cast_stand_ins_as_views() -> None:
+    """The fp16 pass casts every weight const; numpy's astype turns a one-element stride-0 stand-in into a full
+    array, so the program held an fp16 copy of every weight at once (6.8 GB for a 3.4 B model, the Core ML
+    export's peak at 4B). A broadcast const casts to a broadcast of its one value cast."""
+    import numpy as np
+    from coremltools.converters.mil.mil.ops.defs.iOS15.elementwise_unary import cast
+    from coremltools.converters.mil.mil.types.type_mapping import string_to_nptype
+
+    original = cast.get_cast_value.__func__
+
+    def get_cast_value(cls, input_var, dtype_val):
+        val = input_var.val
+        if isinstance(val, np.ndarray) and val.size > 1 and not any(val.strides) and dtype_val in cls.supported_dtypes():
+            return np.broadcast_to(np.asarray(val.flat[0]).astype(string_to_nptype(dtype_val)), val.shape)
+        return original(cls, input_var, dtype_val)
+
+    cast.get_cast_value = classmethod(get_cast_value)
 
 
 # --- compression -------------------------------------------------------------------------------------------
@@ -267,12 +287,13 @@ def compress(mlmodel, recipe, names: dict[str, str], real: dict | None = None, c
 
 def _real_values(mlmodel, real: dict) -> dict:
     """Program const name -> a function giving its real value (numpy, the const's dtype), for every const that
-    stands in for a parameter; a parameter no const stands for means the program folded it into something else,
+    stands in for a parameter (``real`` is emptied: the functions hold the only references); a parameter no const stands for means the program folded it into something else,
     which this mapping cannot follow: an error, never a silently wrong weight."""
     consts = {op.name.removesuffix("_to_fp16"): op for op in mlmodel._mil_program.functions["main"].operations
               if op.op_type == "const"}  # fmt: skip
     values, missing = {}, []
-    for param, tensor in real.items():
+    while real:  # popped: each weight's last reference is its closure, released once the const is written
+        param, tensor = real.popitem()
         op = consts.get(param.replace(".", "_"))
         if op is None:
             missing.append(param)

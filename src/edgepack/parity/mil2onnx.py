@@ -22,7 +22,7 @@ import numpy as np
 
 from edgepack.errors import ExportError
 
-OPSET = 20  # Gelu needs 20
+OPSET = 21  # Gelu needs 20; blocked int4 DequantizeLinear 21
 
 
 class UntranslatedOpsError(ExportError):
@@ -104,6 +104,20 @@ class _Builder:
         self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
         return name
 
+    def packed(self, values: np.ndarray, kind: str, hint: str) -> str:
+        """An integer initializer of ONNX type ``kind`` (INT4/UINT4: two values a byte, low nibble first)."""
+        name = self.fresh(hint)
+        tensor_type = getattr(self.onnx.TensorProto, kind)
+        if kind in ("INT4", "UINT4"):
+            flat = (np.asarray(values).astype(np.int16).reshape(-1) & 0x0F).astype(np.uint8)
+            if flat.size % 2:
+                flat = np.append(flat, np.uint8(0))
+            raw = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).tobytes()
+        else:
+            raw = np.asarray(values).astype(np.int8 if kind == "INT8" else np.uint8).tobytes()
+        self.initializers.append(self.onnx.helper.make_tensor(name, tensor_type, list(values.shape), raw, raw=True))
+        return name
+
     def i64(self, values, hint="i") -> str:
         return self.const(np.asarray(values, dtype=np.int64), np.int64, hint)
 
@@ -160,6 +174,12 @@ class _Builder:
         return Translation(model, inputs, states, output_names)
 
 
+def _int_kinds() -> dict:
+    from coremltools.converters.mil.mil import types
+
+    return {types.int4: "INT4", types.uint4: "UINT4", types.int8: "INT8", types.uint8: "UINT8"}
+
+
 def _is_state(var) -> bool:
     from coremltools.converters.mil.mil import types
 
@@ -205,10 +225,34 @@ def _const(b, op):
     "constexpr_sparse_blockwise_shift_scale",
 )
 def _constexpr(b, op):
+    if op.op_type == "constexpr_blockwise_shift_scale" and _dequantize_blocks(b, op):
+        return
     values = op.materialized_val_inference()
     values = values if isinstance(values, tuple) else (values,)
     for var, val in zip(op.outputs, values):
         b.bind(var, b.const(val, b.np_dtype(var.dtype), "dq"))
+
+
+def _dequantize_blocks(b, op) -> bool:
+    """Integer weights stay integers: a DequantizeLinear over blocks of the last axis (what
+    constexpr_blockwise_shift_scale computes, (data - offset) * scale), the data packed as ONNX int4/uint4/int8.
+    Dequantized to float here, a 3.4 B model's program would need 13.6 GB; packed, 1.7 GB. False (materialise
+    instead) for layouts DequantizeLinear cannot express: blocks along another axis, a float offset."""
+    data, scale = op.data.val, op.scale.val
+    offset = op.offset.val if op.offset is not None else None
+    kind = _int_kinds().get(op.data.dtype)
+    if (kind is None or data is None or scale is None or data.ndim != 2 or scale.ndim != 2
+            or scale.shape[0] != data.shape[0] or data.shape[1] % scale.shape[1]
+            or (offset is not None and (offset.shape != scale.shape or op.offset.dtype != op.data.dtype))):  # fmt: skip
+        return False
+    block = data.shape[1] // scale.shape[1]
+    out_dtype = b.np_dtype(op.outputs[0].dtype)
+    inputs = [b.packed(data, kind, "q"), b.const(scale, out_dtype, "s")]
+    if offset is not None:
+        inputs.append(b.packed(offset, kind, "z"))
+    attrs = {"axis": 1, "block_size": block} if block > 1 else {"axis": 1}
+    b.bind(op.outputs[0], b.one("DequantizeLinear", inputs, **attrs))
+    return True
 
 
 @handles("read_state")

@@ -39,9 +39,9 @@ class TranslatedCoreMLRunner:
         self.translation = translate(package, float_type=float_type)
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            self.translation.model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        # Constant folding would dequantize every weight once, up front: the whole model in float (see mil2onnx).
+        self.session = _session(self.translation.model, options, disabled_optimizers=["ConstantFolding"])
+        self.translation.model = None  # the session holds the weights now
         self.input_types = {i.name: _np_type(i.type) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.max_seq_len = max_seq_len
@@ -62,6 +62,27 @@ class TranslatedCoreMLRunner:
         self.states = {n: results[f"{n}_out"] for n in self.states}
         self.position += count
         return results["logits"][0].astype(np.float32)
+
+
+def _session(model, options, **kwargs):
+    """An onnxruntime session of ``model``; past protobuf's 2 GiB limit the weights go through an external data
+    file (a 4B model's packed int4 weights alone are 1.7 GB)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if sum(len(t.raw_data) for t in model.graph.initializer) < EXTERNAL_DATA_BYTES:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers, **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "translated.onnx"
+        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="translated.onnx.data", size_threshold=1024)  # fmt: skip
+        return ort.InferenceSession(str(path), options, providers=providers, **kwargs)
+
+
+EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 class NativeCoreMLRunner:
