@@ -225,18 +225,22 @@ def test_int4_block32_export_converts_and_runs(coreml_export):
 
 
 def test_int4_weights_stay_packed_through_the_translation_and_past_2gb(coreml_export, monkeypatch):
-    """The ONNX translation keeps int4 codes as packed int4 initializers behind DequantizeLinear (a 4B program
-    dequantized to float would need 13.6 GB), and a translation past protobuf's limit runs from external data:
-    forced here with the limit at 0 bytes, it gives the same logits."""
+    """The ONNX translation keeps the codes packed: linear layers as MatMulNBits (dequantized inside the kernel),
+    the embedding's lookup behind a DequantizeLinear of packed int8 (a 4B program dequantized to float would need
+    13.6 GB), and a translation past protobuf's limit runs from external data: forced here with the limit at 0
+    bytes, it gives the same logits."""
     from edgepack.parity.mil2onnx import translate
     from edgepack.parity.runners import coreml as runner
 
     root, artifact, _ = coreml_export("llama", recipe="int4-block32")
     model = translate(root / artifact.path).model
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 15  # 14 linear layers and the lm_head (tied: its int8 codes are the embedding's)
+    assert sorted({(a.name, a.i) for n in nbits for a in n.attribute if a.name in ("bits", "block_size")}) == [
+        ("bits", 4), ("bits", 8), ("block_size", 32), ("block_size", 64)]  # fmt: skip
     dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    assert len(dq) == 15 and {a.i for n in dq for a in n.attribute if a.name == "block_size"} == {32, 64}
     kinds = {i.name: i.data_type for i in model.graph.initializer}
-    assert {kinds[n.input[0]] for n in dq} == {onnx_type("UINT4"), onnx_type("INT8")}
+    assert len(dq) == 1 and kinds[dq[0].input[0]] == onnx_type("INT8")
     floats = [i for i in model.graph.initializer if i.data_type in (onnx_type("FLOAT"), onnx_type("FLOAT16"))]
     assert max(len(i.raw_data) for i in floats) < 64 * 64 * 2, "no weight dequantized into a float initializer"
     ids = tokens()

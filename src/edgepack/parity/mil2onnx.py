@@ -79,6 +79,7 @@ class _Builder:
         self.nodes: list = []
         self.initializers: list = []
         self.names: dict[int, str] = {}  # id(var) -> ONNX value name
+        self.lazy: dict[int, object] = {}  # id(var) -> the constexpr op computing it, emitted on first read
         self.state_value: dict[str, str] = {}  # state name -> ONNX name of its current value
         self.counter = 0
 
@@ -125,6 +126,9 @@ class _Builder:
         """The ONNX name holding ``var``; constants become initializers on first use."""
         if id(var) in self.names:
             return self.names[id(var)]
+        if id(var) in self.lazy:
+            _emit_constexpr(self, self.lazy[id(var)])
+            return self.names[id(var)]
         if var.val is None:
             raise ExportError(f"MIL value {var.name} is used before it is defined")
         name = self.const(var.val, self.np_dtype(var.dtype), "w")
@@ -170,7 +174,8 @@ class _Builder:
             elem = helper.np_dtype_to_tensor_dtype(dtype)
             graph_outputs.append(helper.make_tensor_value_info(f"{name}_out", elem, list(shape)))
         graph = helper.make_graph(self.nodes, "coreml", graph_inputs, graph_outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9)
+        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
+        model = helper.make_model(graph, opset_imports=opsets, ir_version=10)
         return Translation(model, inputs, states, output_names)
 
 
@@ -225,6 +230,12 @@ def _const(b, op):
     "constexpr_sparse_blockwise_shift_scale",
 )
 def _constexpr(b, op):
+    # Emitted where first read: a linear layer may take the codes into MatMulNBits and never need them.
+    for var in op.outputs:
+        b.lazy[id(var)] = op
+
+
+def _emit_constexpr(b, op) -> None:
     if op.op_type == "constexpr_blockwise_shift_scale" and _dequantize_blocks(b, op):
         return
     values = op.materialized_val_inference()
@@ -399,6 +410,8 @@ def _select(b, op):
 @handles("linear")
 def _linear(b, op):
     weight = op.weight
+    if id(weight) in b.lazy and _matmul_nbits(b, op, b.lazy[id(weight)]):
+        return
     if weight.val is not None and id(weight) not in b.names:  # pre-transpose constant weights
         w_t = b.const(np.asarray(weight.val).T, b.np_dtype(weight.dtype), "wT")
     else:
@@ -408,6 +421,50 @@ def _linear(b, op):
     if bias is not None and not (bias.val is not None and not np.any(bias.val)):
         y = b.one("Add", [y, b.value(bias)])
     _out(b, op, y)
+
+
+def _matmul_nbits(b, op, source) -> bool:
+    """``linear`` of int4/int8 block codes as onnxruntime's MatMulNBits, which dequantizes inside its kernel: a
+    DequantizeLinear has no input from the activations, so onnxruntime runs every one of them first and holds
+    the whole model in float (a 4B program passed 14 GB). False where MatMulNBits cannot hold the layout."""
+    import torch
+
+    from edgepack.codes.core import Codes
+    from edgepack.exporters.onnx_weights import _pack_rows, _pack_zero_points, in_blocks
+
+    if source.op_type != "constexpr_blockwise_shift_scale" or len(source.outputs) != 1:
+        return False
+    kind = _int_kinds().get(source.data.dtype)
+    data, scale = source.data.val, source.scale.val
+    offset = source.offset.val if source.offset is not None else None
+    if kind is None or data is None or data.ndim != 2 or scale is None or scale.shape[0] != data.shape[0]:
+        return False
+    n, k = data.shape
+    group = k // scale.shape[1] if k % scale.shape[1] == 0 else 0
+    bits = 4 if kind in ("INT4", "UINT4") else 8
+    block = group if group in (16, 32, 64, 128, 256) else 0
+    if not block or (offset is not None and offset.shape != scale.shape) or (kind == "INT8" and offset is not None):
+        return False
+    unsigned = kind.startswith("U")
+    q = torch.from_numpy(np.ascontiguousarray(data).astype(np.uint8 if unsigned else np.int8))
+    zero = None if offset is None else torch.from_numpy(np.asarray(offset).astype(np.uint8))
+    if unsigned and zero is None:  # unsigned codes without an offset: zero point 0
+        zero = torch.zeros(scale.shape, dtype=torch.uint8)
+    if not unsigned and zero is not None:
+        return False
+    codes = Codes(q, torch.from_numpy(np.asarray(scale, dtype=np.float32)), zero, bits, block)
+    packed, scales, zeros = in_blocks(codes, block, unsigned=False)
+    float_type = b.np_dtype(op.outputs[0].dtype)
+    inputs = [b.value(op.x), b.const(_pack_rows(packed, bits, block), np.uint8, "qB"),
+              b.const(scales.reshape(-1), float_type, "qS")]  # fmt: skip
+    if zeros is not None:
+        inputs.append(b.const(_pack_zero_points(zeros, bits), np.uint8, "qZ"))
+    y = b.node("MatMulNBits", inputs, 1, domain="com.microsoft", K=k, N=n, bits=bits, block_size=block)[0]
+    bias = op.inputs.get("bias")
+    if bias is not None and not (bias.val is not None and not np.any(bias.val)):
+        y = b.one("Add", [y, b.value(bias)])
+    _out(b, op, y)
+    return True
 
 
 @handles("matmul")
