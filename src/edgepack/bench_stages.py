@@ -151,6 +151,9 @@ def run_stages(model: Path, out: Path, *, recipe: str, max_seq_len: int, targets
 def watch(stage: str, cmd: list[str], limit_gb: float) -> StageResult:
     """Run ``cmd``; sample the RSS of its process tree; kill the tree past ``limit_gb``."""
     limit = int(limit_gb * GIB)
+    # A child's ru_maxrss is at least this process's high-water mark at the fork (Linux carries the forked
+    # memory's peak through exec), so it tells the stage's own peak only when it is above that.
+    inherited = _vm_hwm(os.getpid())
     start = time.perf_counter()
     log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty stage must never block on a full pipe
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)
@@ -160,7 +163,8 @@ def watch(stage: str, cmd: list[str], limit_gb: float) -> StageResult:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            peak = max(peak, usage.ru_maxrss * 1024)
+            if usage.ru_maxrss * 1024 > inherited:
+                peak = max(peak, usage.ru_maxrss * 1024)
             break
         rss = tree_rss(proc.pid, high_water)
         # The kernel's per-process high-water marks catch what a 0.1 s sampler misses; their sum bounds the
