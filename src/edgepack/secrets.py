@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 # kind -> pattern. Lengths follow the issuers' formats; random weight bytes hit these about never. The issuers'
@@ -94,12 +93,6 @@ def scan_bytes(data: bytes, where: str, base: int = 0) -> list[Finding]:
 
 def scan_text(text: str, where: str) -> list[Finding]:
     return scan_bytes(text.encode("utf-8", "replace"), where)
-
-
-def scan_file(path: Path, where: str) -> list[Finding]:
-    """Scan a file of any size in overlapping chunks, and the members of a zip inside it; each secret once."""
-    with path.open("rb") as fh:
-        return scan_stream(fh, where)
 
 
 def scan_data(data, where: str = "") -> list[Finding]:
