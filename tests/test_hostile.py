@@ -174,6 +174,18 @@ def _bomb(root: Path, inputs: Inputs) -> list[str]:
     return ["verify", str(path)]
 
 
+def _bad_crc(root: Path, inputs: Inputs) -> list[str]:
+    """A readable archive whose one member's bytes were changed after it was written (stored, so in place)."""
+    path = root / "crc.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("manifest.json", b"{}")
+        zf.writestr("data.bin", b"A" * 5000)
+    raw = bytearray(path.read_bytes())
+    raw[raw.find(b"A" * 100) + 10] = ord("B")
+    path.write_bytes(bytes(raw))
+    return ["verify", str(path)]
+
+
 def _disk_full(root: Path, inputs: Inputs) -> list[str]:
     return ["bundle", str(inputs.export()), "--out", OUT, "--platform", "ios"]
 
@@ -365,6 +377,7 @@ CASES: dict[str, Case] = {
     "verify: a text file": Case(lambda r, i: ["verify", str(i.file("notes.txt", "hi"))], "neither a bundle folder nor a .zip"),
     "verify: zip bomb": Case(_bomb, "a zip bomb", code=1),
     "verify: zip entry climbs out": Case(_zip({"manifest.json": b"{}", "../../evil.txt": b"x"}), "outside the bundle folder", code=1),
+    "verify: zip member with a bad CRC": Case(_bad_crc, "data.bin: unreadable, not scanned (Bad CRC-32", code=1),
     "verify: zip holds a link": Case(_zip({"manifest.json": b"{}"}, link="tokenizer/tokenizer.json"), "a symbolic link", code=1),
     # --- route -------------------------------------------------------------------------------------------------------
     "route: device state a list": Case(_route([]), "expected a mapping"),

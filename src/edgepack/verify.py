@@ -16,6 +16,7 @@ import json
 import os
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -25,6 +26,7 @@ from edgepack.manifest import MANIFEST_FILE, tree_digest, validate_manifest
 from edgepack.secrets import scan_stream, zip_budget
 
 MAX_MANIFEST_BYTES = 16 << 20
+UNREADABLE = (zipfile.BadZipFile, OSError, EOFError, zlib.error)
 
 
 @dataclass
@@ -162,9 +164,12 @@ def _check_entry(tree, e: dict) -> tuple[str | None, str | None]:
     if size != e["bytes"]:
         return f"{e['path']}: {size} bytes, manifest says {e['bytes']}", None
     h = hashlib.sha256()
-    with tree.open(e["path"]) as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
+    try:
+        with tree.open(e["path"]) as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    except UNREADABLE as exc:
+        return f"{e['path']}: unreadable ({exc})", None
     if h.hexdigest() != e["sha256"]:
         return f"{e['path']}: sha256 {h.hexdigest()[:12]}... != manifest {e['sha256'][:12]}... (changed after export)", None
     return None, e["sha256"]
@@ -194,8 +199,11 @@ def _verify(tree, shown: str, allow_no_parity: bool) -> VerifyReport:
         if report.kind == "bundle":
             report.problems += _unlisted(tree.files, manifest)
     for rel in sorted(tree.files):
-        with tree.open(rel) as fh:
-            report.problems += [str(s) for s in scan_stream(fh, rel)]
+        try:
+            with tree.open(rel) as fh:
+                report.problems += [str(s) for s in scan_stream(fh, rel)]
+        except UNREADABLE as exc:  # a damaged member (bad CRC, truncated data) of an otherwise readable zip
+            report.problems.append(f"{rel}: unreadable, not scanned ({exc})")
     report.files_checked = len(tree.files)
     report.bytes_checked = sum(tree.files.values())
     return report
