@@ -51,7 +51,10 @@ def _alive(pid: int) -> bool:
 def remove_stale(out: Path, say: Callable[[str], None] = lambda m: None) -> list[Path]:
     stale = stale_siblings(out)
     for path in stale:
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     if stale:
         names = ", ".join(p.name for p in stale)
         say(f"removed {len(stale)} temporary folder(s) left by killed runs beside {out.name}: {names}")

@@ -245,9 +245,9 @@ def _emit_constexpr(b, op) -> None:
 
 
 def _dequantize_blocks(b, op) -> bool:
-    """Integer weights stay integers: a DequantizeLinear over blocks of the last axis (what
-    constexpr_blockwise_shift_scale computes, (data - offset) * scale), the data packed as ONNX int4/uint4/int8.
-    Dequantized to float here, a 3.4 B model's program would need 13.6 GB; packed, 1.7 GB. False (materialise
+    """Codes read by something other than a linear layer (the embedding's lookup; linear layers take theirs
+    into MatMulNBits) stay integers: a DequantizeLinear over blocks of the last axis ((data - offset) * scale, as
+    constexpr_blockwise_shift_scale computes), the data packed as ONNX int4/uint4/int8. False (materialise
     instead) for layouts DequantizeLinear cannot express: blocks along another axis, a float offset."""
     data, scale = op.data.val, op.scale.val
     offset = op.offset.val if op.offset is not None else None
