@@ -140,6 +140,7 @@ def test_artifact_describes_the_program(exported):
     root, artifact, _ = exported("llama", {}, "int4-block32")
     assert (artifact.target, artifact.runtime, artifact.min_runtime) == ("executorch", "executorch", "executorch 1.5")
     assert artifact.path == "executorch/model.pte" and artifact.files == ["executorch/model.pte"]
+    assert artifact.details["data_file"] is None  # a small model's weights stay in the program
     assert (root / artifact.path).stat().st_size == artifact.details["pte_bytes"]
     assert artifact.max_seq_len == MAX_SEQ_LEN and artifact.recipe == "int4-block32"
     assert [i["name"] for i in artifact.details["inputs"]] == ["input_ids", "cache_position"]
@@ -196,6 +197,43 @@ def test_program_updates_the_cache_in_place_and_attends_with_the_fused_op(export
     assert calls.count("llama::update_cache") == 2 * 2  # K and V, 2 layers
     assert calls.count("llama::custom_sdpa") == 2
     assert not {"aten::index_put", "aten::index_put_", "aten::expand_copy", "aten::index_copy"} & set(calls)
+
+
+def test_weights_past_the_threshold_go_to_a_ptd_file_and_run_the_same(exported, tiny_checkpoint, tmp_path, monkeypatch):
+    """With the size threshold lowered, every weight leaves the .pte for model.ptd (the 4B path): the program
+    loads with its data file in the runtime and in the LLM runner, and computes exactly what the one-file .pte
+    computes (the same codes, the same kernels)."""
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    from edgepack.exporters import executorch as et_exporter
+
+    root, single, checkpoint = exported("llama", {}, "int4-block32")
+    monkeypatch.setattr(et_exporter, "EXTERNAL_DATA_BYTES", 0)
+    folder = tmp_path / "executorch"
+    request = ExportRequest(checkpoint, load_recipe("int4-block32"), MAX_SEQ_LEN, folder, prefill_chunk=PREFILL_CHUNK)
+    artifact = get_exporter("executorch").export(checkpoint.load_model(), request)
+    artifact.save(folder)
+
+    assert artifact.files == ["executorch/model.pte", "executorch/model.ptd"]
+    assert artifact.details["data_file"] == "model.ptd"
+    pte, ptd = folder / "model.pte", folder / "model.ptd"
+    assert (pte.stat().st_size, ptd.stat().st_size) == (artifact.details["pte_bytes"], artifact.details["data_bytes"])
+    assert pte.stat().st_size < single.details["pte_bytes"] / 2  # the weights left the program
+
+    prompt = _prompt(320, seed=5)
+    expected = open_runner(root, single).forward(prompt)
+    np.testing.assert_array_equal(open_runner(tmp_path, artifact).forward(prompt), expected)
+
+    import executorch.kernels.quantized  # noqa: F401 - the LLM runner needs the quantized kernels registered
+
+    stats = []  # counted, not decoded: a random tiny model's tokens need not be valid UTF-8 one by one
+    runner = TextLLMRunner(str(pte), str(checkpoint.path / "tokenizer.json"), str(ptd))
+    runner.generate("hello world", GenerationConfig(echo=False, max_new_tokens=4, temperature=0.0), None, stats.append)
+    assert stats and 1 <= stats[-1].num_generated_tokens <= 4, "the LLM runner did not decode from program + data"
+
+    ptd.unlink()
+    with pytest.raises(ParityError, match=r"model\.ptd \(the weights of model\.pte\) does not exist"):
+        open_runner(tmp_path, artifact)
 
 
 def test_runner_reset_starts_a_fresh_sequence(exported):

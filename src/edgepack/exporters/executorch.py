@@ -11,17 +11,26 @@ max_seq_len, SmolLM2's logits alone would take 400 MB at 2048 positions). The KV
 buffers serialized as zeros (device runtimes need not zero their memory). A sliding window is applied by a mask
 over the full-length cache. Constant methods carry what the runner needs (``constant_methods``), with the LLM
 runner's meaning: ``get_max_seq_len`` is the most tokens per call, ``get_max_context_len`` the cache length.
+
+Weights past ``EXTERNAL_DATA_BYTES`` (a 4B model's) go to ``model.ptd`` beside the program (executorch#1858: a
+flatbuffer cannot pass 2 GiB): every constant, delegated (XNNPACK's packed weights) or not (the quantized
+embedding), is tagged for one external file, where identical blobs are stored once (the tied embedding and
+lm_head). Load it with ``Runtime.load_program(pte, data_path=ptd)`` or the LLM runner's ``data_path``.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from edgepack.errors import ExportError
 from edgepack.exporters import EXPORTERS, Artifact, ExportRequest
 
 PTE_FILE = "model.pte"
+PTD_FILE = "model.ptd"
+EXTERNAL_DATA_BYTES = 1_800_000_000  # estimated weight bytes past which they go to model.ptd (2 GiB, with room)
 MIN_RUNTIME = "executorch 1.5"
 EXAMPLE_LEN = 2  # example prefill length for tracing (not 0 or 1, which torch.export specializes on)
 
@@ -48,18 +57,20 @@ class ExecuTorchExporter:
         request.progress(f"quantizing per recipe {recipe.name}")
         unhonoured = quantize_model(model, recipe, request.codes_of)
         metadata = constant_methods(model.config, request)
+        external = weights_outside(model.config, recipe)
         request.progress(f"torch.export with a KV cache of {request.max_seq_len} positions")
-        program = export_program(model, request.max_seq_len, prefill_chunk(request))
-        request.progress("lowering to XNNPACK (the slow stage)")
-        size = lower_to_pte(program, metadata, out / PTE_FILE)
+        program = [export_program(model, request.max_seq_len, prefill_chunk(request))]
+        request.progress("lowering to XNNPACK (the slow stage)" + (f", weights to {PTD_FILE}" if external else ""))
+        size = lower_to_pte(program, metadata, out / PTE_FILE, external=external)
+        files = [PTE_FILE, PTD_FILE] if external else [PTE_FILE]
         return request.artifact(
             self,
             PTE_FILE,
-            [PTE_FILE],
+            files,
             min_runtime=MIN_RUNTIME,
             export_seconds=time.perf_counter() - start,
             unhonoured=unhonoured,
-            details=_details(model.config, request, metadata, size),
+            details=_details(model.config, request, metadata, size, external),
         )
 
 
@@ -87,8 +98,25 @@ def export_program(model, max_seq_len: int, chunk: int):
         raise ExportError(f"torch.export of {type(model).__name__} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def lower_to_pte(program, metadata: dict, path: Path) -> int:
-    """Lower to XNNPACK, serialize with a zero-initialized KV cache, write ``path``; return its size in bytes."""
+def weights_outside(config, recipe) -> bool:
+    """Whether the quantized weights (estimated from the config and recipe) are too large for the .pte."""
+    from edgepack.memory import Geometry, weight_bytes
+
+    return weight_bytes(Geometry.from_config(config.to_dict()), recipe).total > EXTERNAL_DATA_BYTES
+
+
+def _tag_constants(graph_module) -> None:
+    """Tag every placeholder for ``model.ptd``: XNNPACK reads the tag on the constants it packs, and ignores it on
+    the program's inputs and the KV cache (neither is a constant it serializes)."""
+    for node in graph_module.graph.nodes:
+        if node.op == "placeholder":
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = Path(PTD_FILE).stem
+
+
+def lower_to_pte(program: list, metadata: dict, path: Path, external: bool = False) -> int:
+    """Lower to XNNPACK, serialize with a zero-initialized KV cache, write ``path`` (and ``model.ptd`` beside it when
+    ``external``); return the .pte's size in bytes. ``program`` is a one-item list, emptied here: the exported
+    program is released once lowered."""
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS, GeluConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
@@ -100,11 +128,18 @@ def lower_to_pte(program, metadata: dict, path: Path) -> int:
     # the portable kernel honours the approximation.
     partitioner = XnnpackPartitioner(configs=[c for c in ALL_PARTITIONER_CONFIGS if c is not GeluConfig])
     try:
-        edge = to_edge_transform_and_lower(program, partitioner=[partitioner], constant_methods=metadata)
-        del program
+        with _preprocess_shares_weights():
+            edge = to_edge_transform_and_lower(
+                program.pop(),
+                transform_passes=[_tag_constants] if external else None,
+                partitioner=[partitioner],
+                constant_methods=metadata,
+            )
         # Quant fusion turns torchao's dequantize+embedding into ExecuTorch's quantized embedding kernels.
         config = ExecutorchBackendConfig(
-            passes=[InitializedMutableBufferPass(list(CACHE_BUFFERS))], do_quant_fusion_and_const_prop=True
+            passes=[InitializedMutableBufferPass(list(CACHE_BUFFERS))],
+            do_quant_fusion_and_const_prop=True,
+            external_constants=(lambda node: Path(PTD_FILE).stem) if external else False,
         )
         et = edge.to_executorch(config)
         del edge
@@ -112,7 +147,27 @@ def lower_to_pte(program, metadata: dict, path: Path) -> int:
         raise ExportError(f"ExecuTorch lowering failed: {type(exc).__name__}: {exc}") from exc
     with path.open("wb") as fh:
         et.write_to_file(fh)
+    if external:
+        et.write_tensor_data_to_file(str(path.parent))
     return path.stat().st_size
+
+
+@contextmanager
+def _preprocess_shares_weights():
+    """Lower without a second copy of the weights: ExecuTorch deep-copies every partition's program, weights
+    included, before XNNPACK preprocesses any of them (``lower_all_submodules_to_backend``): at 4B, 3.9 GB more at
+    once. XNNPACK reads the weights and writes packed copies of its own, so its programs may share them."""
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    def copy_sharing_weights(cls, edge_program, compile_specs):
+        weights = (*edge_program.state_dict.values(), *edge_program.constants.values())
+        return copy.deepcopy(edge_program, {id(t): t for t in weights})
+
+    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing_weights)
+    try:
+        yield
+    finally:
+        del XnnpackBackend.copy_exported_program_for_preprocess  # the inherited deep copy again
 
 
 def constant_methods(config, request: ExportRequest) -> dict:
@@ -155,7 +210,7 @@ def _special_ids(text_config, request: ExportRequest) -> tuple[int | None, list[
     return (int(bos) if bos is not None else None), sorted(int(i) for i in eos)
 
 
-def _details(config, request: ExportRequest, metadata: dict, size: int) -> dict:
+def _details(config, request: ExportRequest, metadata: dict, size: int, external: bool) -> dict:
     from edgepack.exporters.executorch_model import CACHE_BUFFERS
 
     text = config.get_text_config()
@@ -163,6 +218,9 @@ def _details(config, request: ExportRequest, metadata: dict, size: int) -> dict:
     return {
         "backend": "xnnpack",
         "pte_bytes": size,
+        # the weights' file, for Runtime.load_program(pte, data_path=...) and the LLM runner's data_path
+        "data_file": PTD_FILE if external else None,
+        "data_bytes": (request.out_dir / PTD_FILE).stat().st_size if external else 0,
         "method": "forward",
         "inputs": [
             {"name": "input_ids", "dtype": "int64", "shape": [1, "n"]},

@@ -27,9 +27,14 @@ class ExecuTorchRunner:
         self.path = Path(export_root) / artifact.path
         if not self.path.is_file():
             raise ParityError(f"{self.path} does not exist; re-run the export.")
+        details = getattr(artifact, "details", {})
+        data_file = details.get("data_file")  # model.ptd: the weights of a program too large for one file
+        self.data_path = self.path.parent / data_file if data_file else None
+        if self.data_path is not None and not self.data_path.is_file():
+            raise ParityError(f"{self.data_path} (the weights of {self.path.name}) does not exist; re-run the export.")
         self.max_seq_len = artifact.max_seq_len
         # Programs exported before prefill chunks were bounded take any n < max_seq_len.
-        self._chunk = getattr(artifact, "details", {}).get("prefill_chunk") or artifact.max_seq_len - 1
+        self._chunk = details.get("prefill_chunk") or artifact.max_seq_len - 1
         self._method_name = method
         self._runtime = Runtime.get()
         self._program = self._method = None
@@ -38,7 +43,7 @@ class ExecuTorchRunner:
     def reset(self) -> None:
         self._program = self._method = None  # release the previous program's memory before loading the next
         try:
-            self._program = self._runtime.load_program(self.path)
+            self._program = self._runtime.load_program(self.path, data_path=self.data_path)
             self._method = self._program.load_method(self._method_name)
         except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError variants
             raise ParityError(f"The ExecuTorch runtime cannot load {self.path}: {exc}") from None
