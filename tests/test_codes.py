@@ -126,6 +126,14 @@ def test_code_book_is_cached_by_weights_recipe_and_calibration(tiny_checkpoint, 
     assert not list((tmp_path / "cache" / "codes").glob(".*tmp*"))  # nothing half-written left behind
 
 
+def test_codes_read_from_the_book_own_their_memory(gptq_export):
+    """A backend keeps a weight's scales to the end of its export; were they views of the shard's memory map, each
+    would keep every page of the shard read so far resident (a 4B export held its 3.9 GB book that way)."""
+    codes = books(gptq_export)[0]["zero_points"].get("model.layers.0.mlp.up_proj")
+    for tensor in (codes.q, codes.scale, codes.zero):
+        assert tensor.untyped_storage().resizable(), "a view of the book's memory-mapped file"
+
+
 @pytest.mark.parametrize(("symmetric", "group", "bits"), [(True, 32, 4), (False, 32, 4), (True, None, 8), (False, 16, 8)])
 def test_matmul_nbits_computes_exactly_the_dequantized_codes(symmetric, group, bits):
     """edgepack's block layout run by onnxruntime's own MatMulNBits equals ``Codes.dequantize()``: zero points,
@@ -186,6 +194,21 @@ def books(result):
 
     record = json.loads((result.out / "export.json").read_text())
     return {kind: CodeBook(Path(entry["path"])) for kind, entry in record["codes"].items()}, record
+
+
+def test_no_build_path_reaches_the_manifest_or_a_bundle(gptq_export, tmp_path):
+    """Every file an app receives (each platform's bundle: manifest, artifacts, tokenizer) is free of the paths
+    of the machine that built it; the model is named by its folder's name."""
+    from edgepack.bundle import write_bundle
+
+    record = json.loads((gptq_export.out / "export.json").read_text())
+    built_at = {str(gptq_export.out.parent), record["checkpoint"]["path"], str(Path(record["checkpoint"]["path"]).parent)}
+    manifest = json.loads((gptq_export.out / "manifest.json").read_text())
+    assert manifest["model"]["id"] == manifest["model"]["source"]["source"] == Path(record["checkpoint"]["path"]).name
+    write_bundle(gptq_export.out, tmp_path / "bundles", "all")
+    leaks = [(f, p) for f in sorted((tmp_path / "bundles").rglob("*")) if f.is_file()
+             for p in built_at if p.encode() in f.read_bytes()]  # fmt: skip
+    assert not leaks, leaks
 
 
 def test_export_records_one_book_per_kind_of_backend(gptq_export):
