@@ -71,6 +71,32 @@ def test_corrupted_weight_fails_the_gate(onnx_export, tmp_path):
     assert int(suite.get("failures")) >= 1
 
 
+def test_a_failed_recheck_reaches_the_manifest_and_verify_fails(onnx_export, tmp_path):
+    """The manifest an app reads says what the latest check said; verify fails on a failed re-check and on any
+    manifest that disagrees with parity.json (as one written before the re-check would)."""
+    model, out, _ = onnx_export
+    broken = shutil.copytree(out, tmp_path / "broken")
+    passed_manifest = (broken / "manifest.json").read_text()
+    assert json.loads(passed_manifest)["artifacts"][0]["parity"]["status"] == "passed"
+    corrupt_tensor(sorted((broken / "onnx").glob("model.onnx*")), weight(model, "model.layers.1.mlp.down_proj.weight"))
+    assert CliRunner().invoke(main, ["parity", str(broken), "--quiet"]).exit_code == 1
+
+    (entry,) = json.loads((broken / "manifest.json").read_text())["artifacts"]
+    assert entry["parity"]["status"] == "failed" and entry["parity"]["failures"][0]["metric"] == "max_abs_diff"
+    assert not list(broken.glob(".*.tmp"))  # reports and manifest replaced atomically
+    result = CliRunner().invoke(main, ["verify", str(broken)])
+    assert result.exit_code == 1 and "onnx/model.onnx: parity failed: max_abs_diff" in result.output + result.stderr
+
+    (broken / "manifest.json").write_text(passed_manifest)  # a manifest from before the failed re-check
+    result = CliRunner().invoke(main, ["verify", str(broken)])
+    assert result.exit_code == 1
+    assert ("onnx/model.onnx: manifest.json says parity passed but the latest check (parity.json) failed"
+            in result.output + result.stderr)
+    as_json = CliRunner().invoke(main, ["verify", str(broken), "--json"])
+    report = json.loads(as_json.stdout)  # the report on stdout even when it fails
+    assert as_json.exit_code == 1 and report["ok"] is False and any("says parity passed" in p for p in report["problems"])
+
+
 def test_parity_on_a_folder_without_artifacts(tmp_path):
     (tmp_path / "export.json").write_text("{}")
     result = CliRunner().invoke(main, ["parity", str(tmp_path)])

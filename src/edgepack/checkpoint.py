@@ -98,7 +98,20 @@ class Checkpoint:
 
     @property
     def model_id(self) -> str:
-        return self.extra.get("model_id") or self.config_dict.get("_name_or_path") or self.source
+        """The model's public name, which manifests and artifacts carry: the hub id it came from or its config
+        names (``_name_or_path`` in owner/name form), else the folder's or GGUF file's name; never a local path
+        (a bundle must not tell who built it where)."""
+        for name in (self.extra.get("model_id"), self.config_dict.get("_name_or_path")):
+            if isinstance(name, str) and _HUB_ID.match(name):
+                return name
+        return self.public_source
+
+    @property
+    def public_source(self) -> str:
+        """Where the weights came from, without the build machine's paths: a hub id, or a folder or file name."""
+        if self.extra.get("model_id"):
+            return self.extra["model_id"]
+        return Path(self.extra.get("gguf") or self.source).expanduser().name or str(self.source)
 
     @property
     def dtype(self) -> str:

@@ -24,6 +24,7 @@ from edgepack.exporters import ARTIFACT_FILE, Artifact
 from edgepack.paths import DATA_DIR, sha256_file
 
 MANIFEST_FILE = "manifest.json"
+PARITY_FILE = "parity.json"  # the latest parity check, written by edgepack.parity.report
 SCHEMA_VERSION = 1
 SCHEMAS_DIR = DATA_DIR / "schemas"
 # Shapes the memory estimates need, from export.json's "checkpoint" section.
@@ -131,7 +132,7 @@ def build_manifest(export_root: str | Path, fallback=None, devices=None) -> dict
         raise ManifestError(
             f"{root / 'export.json'}: checkpoint section lacks {', '.join(missing)}. Re-export."
         )
-    parity = _read_json(root / "parity.json", "") if (root / "parity.json").is_file() else None
+    parity = _read_json(root / PARITY_FILE, "") if (root / PARITY_FILE).is_file() else None
     artifacts = [_artifact(root, a, fp, parity) for a, fp in _footprints(root)]
     if not artifacts:
         raise ManifestError(f"{root} holds no */{ARTIFACT_FILE}: nothing was exported.")
@@ -216,18 +217,39 @@ def _artifact(root: Path, a: Artifact, footprint, parity: dict | None) -> dict:
 
 
 def _parity(a: Artifact, parity: dict | None) -> dict:
-    not_run = {"status": "not_run", "metrics": None, "thresholds": None, "failures": []}
-    if parity is None:
-        return not_run
+    found = parity_entry(parity, a.target, a.path) if parity is not None else None
+    return found or {"status": "not_run", "metrics": None, "thresholds": None, "failures": []}
+
+
+def parity_entry(parity: dict, target: str, path: str) -> dict | None:
+    """An artifact's parity block for the manifest from a parity.json record, or None when it was not checked."""
     for entry in parity.get("artifacts", []):
-        if entry.get("target") == a.target and entry.get("path") == a.path:
+        if entry.get("target") == target and entry.get("path") == path:
             return {
                 "status": "passed" if entry.get("passed") else "failed",
                 "metrics": entry.get("metrics"),
                 "thresholds": entry.get("thresholds"),
                 "failures": entry.get("failures", []),
             }
-    return not_run
+    return None
+
+
+def refresh_parity(export_root: str | Path) -> Path | None:
+    """After a re-check (``edgepack parity``): the manifest's parity of every artifact parity.json holds is
+    replaced by that latest result, written atomically; artifacts not re-checked keep theirs. None when the
+    folder has no manifest yet (an export in progress writes it afterwards, from parity.json)."""
+    root = Path(export_root)
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    manifest = _read_json(path, "")
+    parity = _read_json(root / PARITY_FILE, "")
+    for artifact in manifest["artifacts"]:
+        latest = parity_entry(parity, artifact["target"], artifact["path"])
+        if latest is not None:
+            artifact["parity"] = latest
+    validate_manifest(manifest, str(path))
+    return write_json_atomic(path, manifest)
 
 
 def _model(ckpt: dict) -> dict:
@@ -242,7 +264,9 @@ def _model(ckpt: dict) -> dict:
         "not_exported": ckpt.get("not_exported") or {},
         "rope": ckpt.get("rope") or {},
         "layer_types": ckpt.get("layer_types"),
-        "source": {"source": str(ckpt.get("source", "")), "weights_digest": ckpt["weights_digest"]},
+        # a hub id or a folder/file name, never the build machine's path (exports before public_source: the name)
+        "source": {"source": ckpt.get("public_source") or Path(str(ckpt.get("source", ""))).name,
+                   "weights_digest": ckpt["weights_digest"]},
     }
 
 

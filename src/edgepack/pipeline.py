@@ -220,8 +220,9 @@ def checkpoint_record(checkpoint: Checkpoint) -> dict:
     heads = cfg.get("num_attention_heads")
     hidden = cfg.get("hidden_size")
     return {
-        "source": checkpoint.source,
+        "source": checkpoint.source,  # what the user passed: export.json is the build record, never bundled
         "path": str(checkpoint.path.resolve()),
+        "public_source": checkpoint.public_source,
         "model_id": checkpoint.model_id,
         "architecture": checkpoint.spec.name,
         "model_type": cfg.get("model_type"),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edgepack.errors import ManifestError, VerifyError
-from edgepack.manifest import MANIFEST_FILE, tree_digest, validate_manifest
+from edgepack.manifest import MANIFEST_FILE, PARITY_FILE, parity_entry, tree_digest, validate_manifest
 from edgepack.secrets import scan_stream, zip_budget
 
 MAX_MANIFEST_BYTES = 16 << 20
@@ -42,9 +42,22 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def raise_problems(self) -> None:
+        if self.problems:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            raise VerifyError(f"{self.path} failed verification: {len(self.problems)} problem(s)\n{lines}")
+
 
 def verify_bundle(path: str | Path, *, allow_no_parity: bool = False) -> VerifyReport:
     """Verify a bundle folder, a bundle .zip or an export folder; raise VerifyError listing every problem."""
+    report = check_bundle(path, allow_no_parity=allow_no_parity)
+    report.raise_problems()
+    return report
+
+
+def check_bundle(path: str | Path, *, allow_no_parity: bool = False) -> VerifyReport:
+    """The verification report of a bundle folder, a bundle .zip or an export folder, problems included (raises
+    only when ``path`` is none of these)."""
     path = Path(path)
     if path.suffix == ".zip" and path.is_file():
         with _ZipTree.read(path) as tree:
@@ -55,9 +68,6 @@ def verify_bundle(path: str | Path, *, allow_no_parity: bool = False) -> VerifyR
         raise ManifestError(
             f"{path} is neither a bundle folder nor a .zip. Pass what `edgepack bundle` wrote."
         )
-    if report.problems:
-        lines = "\n".join(f"  - {p}" for p in report.problems)
-        raise VerifyError(f"{path} failed verification: {len(report.problems)} problem(s)\n{lines}")
     return report
 
 
@@ -196,6 +206,7 @@ def _verify(tree, shown: str, allow_no_parity: bool) -> VerifyReport:
         report.artifacts = [a["path"] for a in manifest["artifacts"]]
         report.problems += _check_listed(tree, manifest)
         report.problems += _parity(manifest, allow_no_parity)
+        report.problems += _parity_record_agrees(tree, manifest)
         if report.kind == "bundle":
             report.problems += _unlisted(tree.files, manifest)
     for rel in sorted(tree.files):
@@ -243,6 +254,37 @@ def _parity(manifest: dict, allow_no_parity: bool) -> list[str]:
         elif status == "not_run" and not allow_no_parity:
             problems.append(f"{a['path']}: parity was not run (exported with --no-parity); run `edgepack parity` "
                             "on the export and bundle again, or pass --allow-no-parity")  # fmt: skip
+    return problems
+
+
+def _parity_record_agrees(tree, manifest: dict) -> list[str]:
+    """An export folder's parity.json is the latest check: the manifest must say what it says, artifact by
+    artifact (a manifest left saying "passed" after a failed re-check is the problem this catches)."""
+    size = tree.files.get(PARITY_FILE)
+    if size is None:
+        return []
+    if size > MAX_MANIFEST_BYTES:
+        return [f"{PARITY_FILE}: {size} bytes; a parity record is a few KB (not read)"]
+    try:
+        with tree.open(PARITY_FILE) as fh:
+            record = json.loads(fh.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [f"{PARITY_FILE} is not valid JSON ({exc})."]
+    problems = []
+    by_path = {a["path"]: a for a in manifest["artifacts"]}
+    for entry in record.get("artifacts", []) if isinstance(record, dict) else []:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        latest = parity_entry(record, entry.get("target"), path) if path else None
+        if latest is None:
+            continue
+        listed = by_path.get(path)
+        if listed is None:
+            problems.append(f"{PARITY_FILE} checked {path}, which {MANIFEST_FILE} does not list; re-run the export")
+        elif listed["parity"]["status"] != latest["status"]:
+            problems.append(
+                f"{path}: {MANIFEST_FILE} says parity {listed['parity']['status']} but the latest check "
+                f"({PARITY_FILE}) {latest['status']}; run `edgepack parity` on the export again"
+            )
     return problems
 
 

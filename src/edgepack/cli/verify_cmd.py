@@ -14,11 +14,14 @@ from edgepack.cli._common import handle_errors, print_json
 @handle_errors
 def verify(bundle, allow_no_parity, as_json):
     """Verify BUNDLE (a bundle folder, its .zip, or an export folder)."""
-    from edgepack.verify import verify_bundle
+    from edgepack.verify import check_bundle
 
-    report = verify_bundle(bundle, allow_no_parity=allow_no_parity)
+    report = check_bundle(bundle, allow_no_parity=allow_no_parity)
+    if as_json:  # the report on stdout whatever it says; the exit code says whether it passed
+        print_json({**vars(report), "ok": report.ok})
+    report.raise_problems()
     if as_json:
-        return print_json(vars(report))
+        return
     click.echo(
         f"ok: {report.path} ({report.kind}): {report.files_checked} files, {report.bytes_checked} bytes, "
         f"artifacts {', '.join(report.artifacts)}; digests match, parity passed, no secrets"

@@ -159,9 +159,11 @@ def check_parity(
         text=long_text.record() if long_text else None,
     )
     if write_reports:
+        from edgepack.manifest import refresh_parity
         from edgepack.parity.report import write_reports as write
 
         write(root, report)
+        refresh_parity(root)  # the manifest an app and `verify` read must never say passed after a failed re-check
     return report
 
 

@@ -4,18 +4,23 @@ artifact and metric, for CI dashboards) and parity.md (for a person)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from edgepack.manifest import PARITY_FILE
 from edgepack.parity.metrics import METRICS
 
-JSON_FILE, JUNIT_FILE, MARKDOWN_FILE = "parity.json", "parity.junit.xml", "parity.md"
+JSON_FILE, JUNIT_FILE, MARKDOWN_FILE = PARITY_FILE, "parity.junit.xml", "parity.md"
 
 
 def write_reports(root: Path, report) -> None:
-    (root / JSON_FILE).write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
-    (root / JUNIT_FILE).write_text(junit(report))
-    (root / MARKDOWN_FILE).write_text(markdown(report))
+    """parity.json, .junit.xml and .md, each replaced atomically (a reader never sees half a report)."""
+    for name, text in ((JSON_FILE, json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n"),
+                       (JUNIT_FILE, junit(report)), (MARKDOWN_FILE, markdown(report))):  # fmt: skip
+        tmp = root / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, root / name)
 
 
 def junit(report) -> str:
