@@ -260,6 +260,27 @@ def test_bos_the_config_asks_for_reaches_onnxruntime_genai(bos_model, tmp_path):
     assert manifest["tokenizer"]["runtime_files"]["onnxruntime"] == "tokenizer/tokenizer.json"
 
 
+def test_the_packaged_tokenizer_class_loads_in_swift_transformers_and_transformers(tiny_checkpoint, tmp_path):
+    """transformers 5 saves ``TokenizersBackend``, which swift-transformers 0.1 refuses: the bundle names the BPE
+    tokenizer ``PreTrainedTokenizerFast`` instead, and transformers still gives the checkpoint's ids."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from edgepack.tokenizer_package import SWIFT_TRANSFORMERS_CLASSES, package_tokenizer
+
+    model = shutil.copytree(tiny_checkpoint("llama"), tmp_path / "model")
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**cfg, "tokenizer_class": "TokenizersBackend"}))
+    package_tokenizer(resolve(model), tmp_path / "tokenizer")
+    packaged = json.loads((tmp_path / "tokenizer" / "tokenizer_config.json").read_text())
+    assert packaged["tokenizer_class"].removesuffix("Fast") in SWIFT_TRANSFORMERS_CLASSES
+    assert packaged["edgepack_tokenizer_class"] == "TokenizersBackend"
+    text = "The capital of France is Paris."
+    assert AutoTokenizer.from_pretrained(tmp_path / "tokenizer")(text)["input_ids"] == \
+        AutoTokenizer.from_pretrained(model)(text)["input_ids"]
+
+
 # --- the whole pipeline, int4, and what the record says ------------------------------------------------------
 
 

@@ -42,6 +42,14 @@ FIDELITY_STRINGS = (
     "line one\nline two\r\nline three",
 )
 CHAT_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+# tokenizer_class values swift-transformers resolves (a "Fast" suffix is dropped first), as of its 0.1 releases
+# that apps still pin: TokenizerModel.knownTokenizers in
+# https://github.com/huggingface/swift-transformers/blob/main/Sources/Tokenizers/Tokenizer.swift (later releases
+# add TokenizersBackend, RobertaTokenizer, XLMRobertaTokenizer, ...). transformers loads every one of them.
+SWIFT_TRANSFORMERS_CLASSES = frozenset({
+    "BertTokenizer", "CodeGenTokenizer", "CodeLlamaTokenizer", "CohereTokenizer", "FalconTokenizer", "GemmaTokenizer",
+    "GPT2Tokenizer", "LlamaTokenizer", "PreTrainedTokenizer", "Qwen2Tokenizer", "T5Tokenizer", "WhisperTokenizer",
+})  # fmt: skip
 NATIVE_FILES = ("tekken.json", "tokenizer.model")  # what ExecuTorch's runner reads when present
 
 
@@ -86,6 +94,7 @@ def package_tokenizer(checkpoint, out: Path, needs_json: bool = True) -> Tokeniz
     _check_vocab(out / "tokenizer.json", checkpoint)
     template = _chat_template(source, src, out)
     _write_tokenizer_config(checkpoint, source, out)
+    _portable_class(out)
     reference = _reference(source, src)
     bos_fixed = _fix_bos(out / "tokenizer.json", reference)
     checked = _check(out, reference, source) if needs_json else 0
@@ -160,6 +169,23 @@ def _write_tokenizer_config(checkpoint, source: str, out: Path) -> None:
     }  # fmt: skip
     if (out / "chat_template.jinja").is_file():
         config["chat_template"] = (out / "chat_template.jinja").read_text(encoding="utf-8")
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _portable_class(out: Path) -> None:
+    """A tokenizer_class every runtime that reads tokenizer_config.json knows. transformers 5 saves its generic
+    ``TokenizersBackend``, which swift-transformers (0.1) refuses ("unsupportedTokenizer"); a BPE tokenizer.json
+    is then named ``PreTrainedTokenizerFast``, which both load from tokenizer.json alone."""
+    path = out / "tokenizer_config.json"
+    config = _read_json(path)
+    name = config.get("tokenizer_class")
+    if not isinstance(name, str) or name.replace("Fast", "") in SWIFT_TRANSFORMERS_CLASSES:
+        return
+    model = _read_json(out / "tokenizer.json").get("model") or {}
+    if model.get("type") != "BPE":
+        return  # a Unigram/WordPiece model needs its own class; none of the supported families ships one unnamed
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["edgepack_tokenizer_class"] = name  # what the checkpoint said
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
