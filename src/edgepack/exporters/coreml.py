@@ -215,6 +215,7 @@ def patch_coremltools() -> None:
 
     ops._cast = _cast
     _cast_stand_ins_as_views()
+    _check_stand_ins_on_their_value()
     _PATCHED = True
 
 
@@ -235,6 +236,30 @@ def _cast_stand_ins_as_views() -> None:
         return original(cls, input_var, dtype_val)
 
     cast.get_cast_value = classmethod(get_cast_value)
+
+
+def _check_stand_ins_on_their_value() -> None:
+    """Before casting an op to fp16, coremltools checks that its fp32 consts fit fp16 with ``np.where`` over the
+    whole value: for the embedding's broadcast stand-in (131072 x 3072) that built 9.7 GB of int64 indices, the
+    Core ML export's peak at 4B (13.3 GB). The same check, on a broadcast's one value and with a boolean mask."""
+    import numpy as np
+    from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
+
+    def fp16_overflow(op) -> bool:
+        for inputs in op.inputs.values():
+            for var in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
+                if var.op is None or var.op.op_type != "const" or not var.is_tensor_or_scalar_of(dtype="fp32"):
+                    continue
+                value = np.asarray(var.op.val.val)
+                if value.size > 1 and not any(value.strides):
+                    value = value.flat[:1]
+                value = np.abs(value)
+                # finite values must fit fp16; infinities (|x| >= 1e38, e.g. a mask's -inf) stay infinite
+                if np.max(value[value < 1e38], initial=0.0) > 65504:
+                    return True
+        return False
+
+    FP16ComputePrecision.fp16_overflow = staticmethod(fp16_overflow)
 
 
 # --- compression -------------------------------------------------------------------------------------------
