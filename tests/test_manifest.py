@@ -149,6 +149,16 @@ def test_schema_rejects_a_broken_manifest_listing_every_problem(export):
     assert "Additional properties are not allowed ('surprise' was unexpected)" in text
 
 
+@pytest.mark.parametrize("name", ["/home/me/models/smol", "~/models/smol", "C:\\models\\smol", "models\\smol"])
+def test_schema_refuses_a_build_machine_path_as_the_model_name(export, name):
+    manifest = build_manifest(export)
+    manifest["model"]["id"] = manifest["model"]["source"]["source"] = name
+    with pytest.raises(ManifestError) as err:
+        validate_manifest(manifest)
+    assert f"model.id: {name!r} is not a hub id or a folder or file name" in str(err.value)
+    assert "model.source.source:" in str(err.value)
+
+
 def test_missing_shape_fields_are_named(tmp_path):
     root = make_export(tmp_path / "out", checkpoint={"num_kv_heads": None, "head_dim": None})
     with pytest.raises(ManifestError, match="checkpoint section lacks num_kv_heads, head_dim"):
