@@ -34,7 +34,7 @@ bench: setup  ## speed and memory of the SmolLM2 int4-block32 artifacts beside t
 	$(BIN)/edgepack bench artifacts/bench --build --anchors --report
 
 bench-4b: setup  ## wall time and peak RSS per stage: a random 3.4B Ministral 3 checkpoint, then SmolLM2
-	$(BIN)/edgepack bench-stages ministral3-3b --out artifacts/bench-4b --target onnx,coreml,executorch --limit-gb 14
+	$(BIN)/edgepack bench-stages ministral3-3b --out artifacts/bench-4b --target onnx,coreml,executorch --recipe int4-block32-rtn --limit-gb 14
 	$(BIN)/edgepack bench-stages smollm2 --out artifacts/bench-smollm2 --target onnx,coreml,executorch
 
 quality: setup  ## int4 methods on SmolLM2 and its grid-broken twin beside onnxruntime-genai's int4 model, then the artifacts
