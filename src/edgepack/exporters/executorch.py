@@ -163,11 +163,15 @@ def _preprocess_shares_weights():
         weights = (*edge_program.state_dict.values(), *edge_program.constants.values())
         return copy.deepcopy(edge_program, {id(t): t for t in weights})
 
+    own = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")  # None: it inherits the deep copy
     XnnpackBackend.copy_exported_program_for_preprocess = classmethod(copy_sharing_weights)
     try:
         yield
     finally:
-        del XnnpackBackend.copy_exported_program_for_preprocess  # the inherited deep copy again
+        if own is None:
+            del XnnpackBackend.copy_exported_program_for_preprocess
+        else:
+            XnnpackBackend.copy_exported_program_for_preprocess = own
 
 
 def constant_methods(config, request: ExportRequest) -> dict:
