@@ -59,7 +59,7 @@ class ExecuTorchExporter:
         metadata = constant_methods(model.config, request)
         external = weights_outside(model.config, recipe)
         request.progress(f"torch.export with a KV cache of {request.max_seq_len} positions")
-        program = [export_program(model, request.max_seq_len, prefill_chunk(request))]
+        program = export_program(model, request.max_seq_len, prefill_chunk(request))
         request.progress("lowering to XNNPACK (the slow stage)" + (f", weights to {PTD_FILE}" if external else ""))
         size = lower_to_pte(program, metadata, out / PTE_FILE, external=external)
         files = [PTE_FILE, PTD_FILE] if external else [PTE_FILE]
@@ -113,10 +113,9 @@ def _tag_constants(graph_module) -> None:
             node.meta.setdefault("custom", {})["delegate_constant_tag"] = Path(PTD_FILE).stem
 
 
-def lower_to_pte(program: list, metadata: dict, path: Path, external: bool = False) -> int:
+def lower_to_pte(program, metadata: dict, path: Path, external: bool = False) -> int:
     """Lower to XNNPACK, serialize with a zero-initialized KV cache, write ``path`` (and ``model.ptd`` beside it when
-    ``external``); return the .pte's size in bytes. ``program`` is a one-item list, emptied here: the exported
-    program is released once lowered."""
+    ``external``); return the .pte's size in bytes."""
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS, GeluConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
@@ -130,7 +129,7 @@ def lower_to_pte(program: list, metadata: dict, path: Path, external: bool = Fal
     try:
         with _preprocess_shares_weights():
             edge = to_edge_transform_and_lower(
-                program.pop(),
+                program,
                 transform_passes=[_tag_constants] if external else None,
                 partitioner=[partitioner],
                 constant_methods=metadata,
