@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from edgepack.cli import main
 from edgepack.cli._fallback import fallback_from_cli
 from edgepack.errors import ConfigError, ManifestError
-from edgepack.fallback import PROVIDER_IDS, Auth, CloudModel, Fallback, load_fallback
+from edgepack.fallback import Auth, CloudModel, Fallback, load_fallback
 from edgepack.manifest import build_manifest, read_manifest, schema, validate_manifest, write_manifest
 from fake_export import METRICS, SMOLLM2, make_export
 
@@ -100,11 +100,30 @@ def test_parity_absent_is_recorded_as_not_run_and_failures_are_kept(tmp_path):
     assert failed["executorch"]["parity"]["status"] == "passed"
 
 
-def test_no_fallback_means_device_only(export):
+def test_every_export_carries_a_working_fallback_by_default(export, tmp_path):
+    """No fallback flag: prefer the device, the router with OAuth, the checkpoint's hub id as the cloud model; a
+    checkpoint with no hub id gets its family's default; --fallback-mode on_device_only opts out."""
     fb = build_manifest(export)["fallback"]
-    assert (
-        fb["mode"] == "on_device_only" and fb["privacy"]["cloud_allowed"] is False and fb["candidates"] == []
-    )
+    assert fb["mode"] == "prefer_on_device" and fb["privacy"]["cloud_allowed"] and fb["auth"]["kind"] == "user_oauth"
+    assert fb["endpoint"] == "https://router.huggingface.co/v1"
+    assert fb["model"]["id_source"] == "checkpoint"
+    assert fb["candidates"] == [{"model": "HuggingFaceTB/SmolLM2-135M-Instruct:fastest", "timeout_s": 20.0}]
+    local = make_export(tmp_path / "local", checkpoint={"model_id": "my-model", "cloud_default": "acme/family-8b"})
+    fb = build_manifest(local)["fallback"]
+    assert fb["model"] == {**fb["model"], "id": "acme/family-8b", "id_source": "family_default", "twin": "larger"}
+    assert fb["candidates"][0]["model"] == "acme/family-8b:fastest"
+    nameless = build_manifest(make_export(tmp_path / "nameless", checkpoint={"model_id": "my-model"}))["fallback"]
+    assert nameless["mode"] == "on_device_only" and nameless["candidates"] == []
+    off = build_manifest(export, fallback_from_cli(fallback_mode="on_device_only"))["fallback"]
+    assert off["mode"] == "on_device_only" and off["candidates"] == []
+
+
+def test_every_family_names_a_cloud_default():
+    from edgepack.architectures import families
+
+    for spec in families():
+        if spec.name != "tiny":
+            assert spec.cloud_default and "/" in spec.cloud_default, spec.name
 
 
 def test_fallback_candidates_follow_the_provider_policy(export):
@@ -217,14 +236,35 @@ def test_fallback_coherence_rules():
         Fallback(auth=OAUTH, deadline_s=5)
 
 
-def test_known_providers_cover_huggingface_hub():
+def test_known_providers_are_huggingface_hubs_chat_providers():
+    """Derived from the installed huggingface_hub: every provider its InferenceClient accepts that serves chat
+    completions through the router, and nothing it no longer has."""
     import typing
 
     from huggingface_hub import InferenceClient
+    from huggingface_hub.inference._providers import PROVIDERS
+
+    from edgepack.fallback import provider_ids
 
     hint = typing.get_type_hints(InferenceClient.__init__)["provider"]
     hub = {a for lit in typing.get_args(hint) for a in typing.get_args(lit)} - {"auto"}
-    assert hub <= set(PROVIDER_IDS)
+    assert set(provider_ids()) <= hub
+    assert set(provider_ids()) == {p for p in hub if "conversational" in PROVIDERS[p]} - {"openai"}
+    assert {"groq", "together", "hf-inference"} <= set(provider_ids())
+
+
+def test_unknown_provider_exits_2_naming_the_known_ones(tiny_checkpoint, tmp_path):
+    from edgepack.fallback import provider_ids
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint("llama")), "--target", "onnx", "--out", str(out),
+                                       "--recipe", "fp32", "--no-parity", "--providers", "groq,sambanova-x",
+                                       "--fallback-auth", "user_oauth"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown provider 'sambanova-x'" in lines[0]
+    assert ", ".join(provider_ids()) in lines[0] and "Traceback" not in result.output
+    assert not out.exists()
 
 
 def test_fallback_from_cli_flags_override_file(tmp_path):

@@ -10,6 +10,7 @@ Sources, later wins: defaults, a YAML/JSON file, command-line flags. Every probl
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -24,15 +25,19 @@ from edgepack.secrets import scan_data
 DEFAULT_ENDPOINT = "https://router.huggingface.co/v1"
 MODES = ("prefer_on_device", "on_device_only", "prefer_cloud", "cloud_only")
 POLICIES = ("fastest", "cheapest", "preferred")
-# Provider ids the router accepts as a model suffix (huggingface_hub's InferenceClient lists the same ones).
-PROVIDER_IDS = (
-    "baseten", "cerebras", "cohere", "deepinfra", "fal-ai", "featherless-ai", "fireworks-ai", "groq",
-    "hf-inference", "hyperbolic", "nebius", "novita", "nscale", "openai", "ovhcloud", "publicai", "replicate",
-    "sambanova", "scaleway", "together", "wavespeed", "zai-org",
-)  # fmt: skip
 THERMAL_STATES = ("nominal", "fair", "serious", "critical")  # iOS ProcessInfo.ThermalState order
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@functools.cache
+def provider_ids() -> tuple[str, ...]:
+    """The providers a fallback may name: those the installed huggingface_hub serves chat completions from (its
+    per-provider task table, which it keeps in step with the router), less ``openai``, which huggingface_hub
+    calls directly with an OpenAI key, never through the router. Derived, not copied: a hand-kept list drifted."""
+    from huggingface_hub.inference._providers import PROVIDERS
+
+    return tuple(sorted(p for p, tasks in PROVIDERS.items() if "conversational" in tasks and p != "openai"))
 
 
 class Provider(Strict):
@@ -42,8 +47,8 @@ class Provider(Strict):
     @field_validator("id")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in PROVIDER_IDS:
-            raise ValueError(f"unknown provider {value!r}; known providers: {', '.join(PROVIDER_IDS)}")
+        if value not in provider_ids():
+            raise ValueError(f"unknown provider {value!r}; known providers: {', '.join(provider_ids())}")
         return value
 
 
@@ -190,15 +195,20 @@ class Fallback(Strict):
     def uses_cloud(self) -> bool:
         return self.mode != "on_device_only" and self.privacy.cloud_allowed
 
-    def to_manifest(self, exported_model_id: str | None) -> dict:
-        """The manifest's fallback section: this config plus the resolved model id and its candidates."""
+    def to_manifest(self, exported_model_id: str | None, family_default: str | None = None) -> dict:
+        """The manifest's fallback section: this config plus the resolved cloud model and its candidates.
+
+        The cloud model: ``model.id`` when set, else the exported model's hub id, else ``family_default`` (an
+        instruct model of the same family that providers serve; ``model.id_source`` says which)."""
         data = self.model_dump(mode="json")
-        model_id = self.model.id or exported_model_id
-        if self.uses_cloud and not (model_id and _HUB_ID.match(model_id)):
+        model_id, source = self.cloud_model(exported_model_id, family_default)
+        if self.uses_cloud and model_id is None:
             hint = f"model.id: the exported model {exported_model_id!r} is not a hub id; name the cloud model"
             raise ConfigError("fallback", [f"{hint} with --fallback-model owner/name"])
-        # A local folder's "id" is a path: no cloud model to name while the cloud is off.
-        data["model"]["id"] = model_id if model_id and _HUB_ID.match(model_id) else None
+        data["model"]["id"] = model_id
+        data["model"]["id_source"] = source
+        if source == "family_default":
+            data["model"]["twin"] = "larger"  # a sibling, not the exported model itself
         if not self.model.providers:
             data["model"]["policy"] = self.model.policy or "fastest"
         data["candidates"] = (
@@ -206,9 +216,26 @@ class Fallback(Strict):
         )
         return data
 
+    def cloud_model(self, exported: str | None, family_default: str | None) -> tuple[str | None, str | None]:
+        """(hub id, where it came from: config | checkpoint | family_default), or (None, None)."""
+        if self.model.id:
+            return self.model.id, "config"
+        if exported and _HUB_ID.match(exported):
+            return exported, "checkpoint"
+        if family_default:
+            return family_default, "family_default"
+        return None, None  # a local folder's "id" is a name, not a hub id: no cloud model to name
+
+
+def default() -> Fallback:
+    """What an export's manifest carries when no fallback was configured: the device first, the Inference
+    Providers router when it cannot serve (the context overflows, memory is low, no artifact fits, ...), the user
+    signed in with Hugging Face OAuth (no token in the app). ``--fallback-mode on_device_only`` opts out."""
+    return Fallback(mode="prefer_on_device", auth=Auth(kind="user_oauth"))
+
 
 def disabled() -> Fallback:
-    """What a manifest says when no fallback was configured: the device serves every request or none."""
+    """On-device only: the device serves every request or none."""
     return Fallback(mode="on_device_only", privacy=Privacy(cloud_allowed=False))
 
 

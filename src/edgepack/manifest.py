@@ -120,7 +120,7 @@ def path_digest(root: Path, rel: str, entries: list[dict]) -> str:
 
 def build_manifest(export_root: str | Path, fallback=None, devices=None) -> dict:
     """The manifest of an export folder, validated against the schema (``fallback``: a ``Fallback`` or None)."""
-    from edgepack.fallback import disabled
+    from edgepack.fallback import default, disabled
 
     root = Path(export_root)
     export = _read_json(root / "export.json", "is it an edgepack export folder?")
@@ -145,11 +145,22 @@ def build_manifest(export_root: str | Path, fallback=None, devices=None) -> dict
         "recipe": {"name": export["recipe"]["name"], "digest": export.get("recipe_digest", "")},
         "artifacts": artifacts,
         "devices": _devices(devices or [], artifacts),
-        "fallback": (fallback or disabled()).to_manifest(ckpt["model_id"]),
+        "fallback": _fallback(fallback, ckpt, default, disabled),
     }
     validate_manifest(manifest, str(root / MANIFEST_FILE))
     _check_devices(manifest)
     return manifest
+
+
+def _fallback(fallback, ckpt: dict, default, disabled) -> dict:
+    """The configured fallback, else the default one; an export whose cloud model cannot be named (no hub id,
+    no family default) gets on-device only rather than a fallback that cannot work."""
+    named = (ckpt["model_id"], ckpt.get("cloud_default"))
+    if fallback is None:
+        fallback = default()
+        if fallback.cloud_model(*named)[0] is None:
+            fallback = disabled()
+    return fallback.to_manifest(*named)
 
 
 def write_manifest(export_root: str | Path, fallback=None, devices=None) -> Path:

@@ -20,6 +20,10 @@ class ArchSpec:
     model_types: tuple[str, ...]  # config.model_type values this family covers
     hf_architectures: tuple[str, ...]  # config.architectures values, e.g. "MistralForCausalLM"
     tiny_config: Callable[..., Any]  # () -> transformers PretrainedConfig with a few layers, hidden 64
+    # The cloud fallback's model when the checkpoint's own hub id is unknown (a local folder, a GGUF file): an
+    # instruct model of the family that Inference Providers serve. Chosen 2026-11 from the router's listings as
+    # known here (this machine cannot reach the hub to re-check); override with --fallback-model.
+    cloud_default: str | None = None
     features: frozenset[str] = field(default_factory=frozenset)
     # features: sliding_window, attention_bias, qk_norm, fused_qkv, gemma_norm, scaled_embedding,
     # logit_softcap, tied_embeddings, local_global_attention, yarn_rope, llama4_query_scaling

@@ -26,6 +26,7 @@ GEMMA2 = register(
         model_types=("gemma2",),
         hf_architectures=("Gemma2ForCausalLM",),
         tiny_config=tiny_gemma2,
+        cloud_default="google/gemma-2-9b-it",
         features=frozenset(_COMMON | {"logit_softcap"}),
     )
 )
@@ -35,6 +36,7 @@ GEMMA3 = register(
         model_types=("gemma3_text",),
         hf_architectures=("Gemma3ForCausalLM",),
         tiny_config=tiny_gemma3,
+        cloud_default="google/gemma-3-27b-it",
         features=frozenset(_COMMON | {"qk_norm"}),
     )
 )

@@ -42,6 +42,7 @@ SPEC = register(
         model_types=("mistral",),
         hf_architectures=("MistralForCausalLM",),
         tiny_config=tiny_config,
+        cloud_default="mistralai/Mistral-7B-Instruct-v0.3",
         features=frozenset({"sliding_window"}),
     )
 )
@@ -51,6 +52,7 @@ MINISTRAL = register(
         model_types=("ministral",),
         hf_architectures=("MinistralForCausalLM",),
         tiny_config=tiny_ministral,
+        cloud_default="mistralai/Mistral-7B-Instruct-v0.3",
         features=frozenset({"sliding_window", "local_global_attention"}),
     )
 )
@@ -60,6 +62,7 @@ MINISTRAL3 = register(
         model_types=("ministral3",),
         hf_architectures=("Ministral3ForCausalLM",),
         tiny_config=tiny_ministral3,
+        cloud_default="mistralai/Mistral-7B-Instruct-v0.3",
         features=frozenset({"tied_embeddings", "yarn_rope", "llama4_query_scaling"}),
     )
 )

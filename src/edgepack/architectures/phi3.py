@@ -17,6 +17,7 @@ SPEC = register(
         model_types=("phi3",),
         hf_architectures=("Phi3ForCausalLM",),
         tiny_config=tiny_config,
+        cloud_default="microsoft/phi-4",
         features=frozenset({"fused_qkv"}),
     )
 )
