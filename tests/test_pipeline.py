@@ -97,6 +97,24 @@ def test_a_failed_recheck_reaches_the_manifest_and_verify_fails(onnx_export, tmp
     assert as_json.exit_code == 1 and report["ok"] is False and any("says parity passed" in p for p in report["problems"])
 
 
+def test_route_sends_a_prompt_past_the_on_device_context_to_the_default_cloud(onnx_export, tmp_path):
+    """The export's default fallback works: a prompt longer than the artifact's context goes to the Inference
+    Providers router (the family's default model: a local folder has no hub id), and the decision says why."""
+    _, out, _ = onnx_export
+    manifest = json.loads((out / "manifest.json").read_text())
+    device = next(d["device"] for d in manifest["devices"] if d["artifact"])
+    (tmp_path / "state.json").write_text(json.dumps({"device": device}))
+    (tmp_path / "request.json").write_text(json.dumps(
+        {"messages": [{"role": "user", "content": "Summarise this."}], "prompt_tokens": 500, "max_tokens": 16}))
+    result = CliRunner().invoke(main, ["route", "--manifest", str(out), "--device-state", str(tmp_path / "state.json"),
+                                       "--request", str(tmp_path / "request.json"), "--dry-run"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    decision = json.loads(result.stdout)["decision"]
+    assert decision["route"] == "cloud" and decision["triggers"] == ["context_overflow"]
+    assert "prompt + max_tokens = 516 tokens > on-device context 96" in decision["reasons"][0]
+    assert decision["candidates"][0]["model"] == "mistralai/Mistral-7B-Instruct-v0.3:fastest"
+
+
 def test_parity_on_a_folder_without_artifacts(tmp_path):
     (tmp_path / "export.json").write_text("{}")
     result = CliRunner().invoke(main, ["parity", str(tmp_path)])

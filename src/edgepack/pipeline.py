@@ -225,6 +225,7 @@ def checkpoint_record(checkpoint: Checkpoint) -> dict:
         "public_source": checkpoint.public_source,
         "model_id": checkpoint.model_id,
         "architecture": checkpoint.spec.name,
+        "cloud_default": checkpoint.spec.cloud_default,
         "model_type": cfg.get("model_type"),
         "hf_architectures": checkpoint.config_dict.get("architectures"),
         "wrapper": checkpoint.wrapper.model_type if checkpoint.wrapper else None,
@@ -272,11 +273,8 @@ def export_target(checkpoint: Checkpoint, recipe: Recipe, target: str, root: Pat
     return artifact
 
 
-def package(root: Path, fallback: Any, devices: str | Sequence[str], say) -> Path | None:
-    try:
-        from edgepack.manifest import write_manifest
-    except ModuleNotFoundError:
-        return None
+def package(root: Path, fallback: Any, devices: str | Sequence[str], say) -> Path:
+    from edgepack.manifest import write_manifest
     from edgepack.plan import devices_section, plan_export
 
     say("package: planning device fit and writing manifest.json")
