@@ -118,6 +118,31 @@ def test_hub_id_offline_says_to_pass_a_local_folder(monkeypatch, tmp_path):
         resolve("someone/some-model")
 
 
+def test_chat_templates_render_as_transformers_renders_them(tiny_checkpoint, tmp_path):
+    """Loop controls and strftime_now, which a plain Jinja sandbox refuses, render as the model card's code does;
+    a template that raises is one CheckpointError naming the folder."""
+    import shutil
+    import time
+
+    from transformers import PreTrainedTokenizerFast
+
+    folder = shutil.copytree(tiny_checkpoint("llama"), tmp_path / "tok")
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{% continue %}{% endif %}"
+        "[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}Today: {{ strftime_now('%Y') }}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
+    (folder / "chat_template.jinja").write_text(template)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    text = DeviceTokenizer(folder).apply_chat_template(messages)
+    assert text == PreTrainedTokenizerFast.from_pretrained(folder).apply_chat_template(messages, tokenize=False,
+                                                                                       add_generation_prompt=True)
+    assert "[system]" not in text and f"Today: {time.strftime('%Y')}" in text and text.endswith("[assistant] ")
+    (folder / "chat_template.jinja").write_text("{{ raise_exception('no tools here') }}")
+    with pytest.raises(CheckpointError, match="chat template failed to render: no tools here"):
+        DeviceTokenizer(folder).apply_chat_template(messages)
+
+
 def test_tokenizer_loads_as_the_device_does(tiny_checkpoint):
     tok = DeviceTokenizer(tiny_checkpoint("llama"))
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}])

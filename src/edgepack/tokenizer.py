@@ -72,19 +72,21 @@ class DeviceTokenizer:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The template rendered by transformers' own renderer (its sandbox, loop controls such as
+        ``{% continue %}``, ``strftime_now``, ``raise_exception``), so parity prompts and calibration text are
+        what the model card's code produces."""
         if not self.chat_template:
             raise CheckpointError(f"{self.folder} has no chat template; use plain prompts.")
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        from jinja2 import TemplateError
+        from transformers.utils.chat_template_utils import render_jinja_template
 
-        def raise_exception(message):
-            raise CheckpointError(f"chat template error: {message}")
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
         specials = {k: _content(self.config.get(k)) for k in ("bos_token", "eos_token", "pad_token")}
-        return env.from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **specials
-        )
+        try:
+            rendered, _ = render_jinja_template([messages], chat_template=self.chat_template,
+                                                add_generation_prompt=add_generation_prompt, **specials)  # fmt: skip
+        except TemplateError as exc:
+            raise CheckpointError(f"{self.folder}: the chat template failed to render: {exc}") from None
+        return rendered[0]
 
 
 def _content(token):
