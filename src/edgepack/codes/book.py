@@ -22,7 +22,7 @@ import torch
 from edgepack.atomic import remove_stale, sibling
 from edgepack.codes.core import Codes, rtn
 
-VERSION = 1  # bump when the codes' definition changes: old cache entries are then never read
+VERSION = 2  # bump when the codes' definition changes: old cache entries are then never read
 INDEX = "index.json"
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 

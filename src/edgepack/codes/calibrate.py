@@ -43,19 +43,25 @@ def calibrate_layers(checkpoint, recipe, ids: torch.Tensor, say=lambda m: None, 
             prefix = f"model.layers.{i}"
             _read_module(layer, prefix, index)
             targets = _quantized_linears(layer, prefix, recipe)
-            hessians = _hessians(layer, targets, inputs, layer_kwargs[i])
-            for name, module in targets.items():
-                quant = recipe.for_module(name)
-                h, n = hessians[name]
-                c, used = gptq(module.weight, 2 * h / n, quant.bits, quant.group_size, quant.symmetric,
-                               damping=method.damping, act_order=method.act_order, clip_search=method.clip_search)  # fmt: skip
-                done.append(name)
-                if emit is not None:
-                    emit(name, c)
-                if used != method.damping:
-                    damping[name] = used
-                module.weight.data = c.dequantize()
-            del hessians
+            remaining = dict(targets)
+            while remaining:
+                # True-sequential: each stage (linears sharing one input: q/k/v, o, gate/up, down) calibrates on
+                # the inputs the already-quantized stages before it produce.
+                hessians, stage = _hessians(layer, remaining, inputs, layer_kwargs[i])
+                for name in stage:
+                    module = remaining.pop(name)
+                    quant = recipe.for_module(name)
+                    h, n = hessians[name]
+                    c, used = gptq(module.weight, 2 * h / n, quant.bits, quant.group_size, quant.symmetric,
+                                   damping=method.damping, act_order=method.act_order,
+                                   clip_search=method.clip_search)  # fmt: skip
+                    done.append(name)
+                    if emit is not None:
+                        emit(name, c)
+                    if used != method.damping:
+                        damping[name] = used
+                    module.weight.data = c.dequantize()
+                del hessians
             inputs = [_layer_out(layer(x, **kw)) for x, kw in zip(inputs, layer_kwargs[i])]
             layer.to("meta")
             seconds.append(round(time.perf_counter() - start, 2))
@@ -126,16 +132,20 @@ def _quantized_linears(layer, prefix: str, recipe) -> dict:
     return found
 
 
-def _hessians(layer, targets: dict, inputs: list, kwargs: list) -> dict:
-    """name -> (sum of X^T X over every calibration token, token count), from one pass of ``layer``."""
+def _hessians(layer, targets: dict, inputs: list, kwargs: list) -> tuple[dict, list[str]]:
+    """(name -> (sum of X^T X over every calibration token, token count), the names of the first stage): one
+    pass of ``layer`` per batch, stopped once the first stage's input is seen. A stage is the linears that read
+    one input tensor (q/k/v and gate/up share theirs, whose X^T X is computed once)."""
     sums: dict[str, list] = {}
-    shared: dict = {}  # per batch: (input tensor identity) -> X^T X, so q/k/v and gate/up compute it once
+    shared: dict = {}  # per batch: (input tensor identity) -> X^T X
 
     def hook(name):
         def record(module, args):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
             key = (x.data_ptr(), tuple(x.shape))
             if key not in shared:  # the tensor is kept too, so its memory cannot be reused under the same key
+                if len(shared) == 1:
+                    raise _Stop  # a second input: the first stage has all it needs from this batch
                 shared[key] = (x, x.T @ x)
             xtx = shared[key][1]
             entry = sums.setdefault(name, [torch.zeros_like(xtx), 0])
@@ -148,11 +158,14 @@ def _hessians(layer, targets: dict, inputs: list, kwargs: list) -> dict:
     try:
         for x, kw in zip(inputs, kwargs):
             shared.clear()
-            layer(x, **kw)
+            try:
+                layer(x, **kw)
+            except _Stop:
+                pass
     finally:
         for h in handles:
             h.remove()
-    return sums
+    return sums, list(sums)
 
 
 def _layer_out(out):
