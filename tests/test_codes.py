@@ -211,19 +211,20 @@ def test_no_build_path_reaches_the_manifest_or_a_bundle(gptq_export, tmp_path):
     assert not leaks, leaks
 
 
-def test_export_records_one_book_per_kind_of_backend(gptq_export):
+def test_every_backend_packs_the_one_book(gptq_export):
+    """XNNPACK's kernels have no zero points, yet the .pte gets the recipe's own codes (ZeroPointLinear): one code
+    book, one calibration, for every target."""
     found, record = books(gptq_export)
-    assert set(found) == {"zero_points", "symmetric"}
-    assert not found["zero_points"].meta["symmetric_only"] and found["symmetric"].meta["symmetric_only"]
+    assert set(found) == {"zero_points"} and not found["zero_points"].meta["symmetric_only"]
     assert record["codes"]["zero_points"]["method"].startswith("gptq (8x64 tokens")
     assert record["codes"]["zero_points"]["calibration"]["source"] == "builtin"
     keys = {a.target: a.details["codes"] for a in gptq_export.artifacts}
-    assert keys == {"onnx": found["zero_points"].key, "coreml": found["zero_points"].key,
-                    "executorch": found["symmetric"].key}  # fmt: skip
+    assert keys == dict.fromkeys(("onnx", "coreml", "executorch"), found["zero_points"].key)
     assert gptq_export.parity.passed
-    for artifact in gptq_export.parity.artifacts:
-        # the split's quantization half is the book's codes: the same for ONNX and Core ML, the .pte's its own
-        assert artifact.split["quantization"]["kl"] > 0
+    split = {a.target: a.split for a in gptq_export.parity.artifacts}
+    # the split's quantization half is the book's codes, the same eager model for every target
+    assert len({round(s["quantization"]["kl"], 9) for s in split.values()}) == 1
+    assert split["onnx"]["quantization"]["kl"] > 0
 
 
 def test_onnx_holds_exactly_the_books_codes(gptq_export):
@@ -279,21 +280,38 @@ def test_coreml_holds_exactly_the_books_codes(gptq_export):
     assert checked == len(book.tensors) - 1 == 2 * 7 + 1
 
 
-def test_executorch_gets_the_symmetric_books_codes(gptq_export, tiny_checkpoint):
-    """What the exporter hands to torch.export: torchao tensors holding the symmetric book's codes unchanged."""
+def test_executorch_holds_exactly_the_books_codes(gptq_export, tiny_checkpoint):
+    """What the exporter hands to torch.export: torchao tensors holding the book's codes shifted to the signed
+    range, and each zero point in the correction, so the module computes exactly the codes' weight."""
     from edgepack.checkpoint import resolve
     from edgepack.exporters import find_codes
+    from edgepack.exporters.executorch_model import ZeroPointLinear
     from edgepack.quantize import quantize_model
 
-    book = books(gptq_export)[0]["symmetric"]
+    book = books(gptq_export)[0]["zero_points"]
     recipe = load_recipe(tiny_recipe(gptq_export.out.parent))
     model = resolve(tiny_checkpoint("llama")).load_model("float32")
     quantize_model(model, recipe, lambda name, w, q: find_codes(book, name, w, q))
+    x = torch.randn(3, model.config.hidden_size * 4)
+    checked = 0
     for name in book.tensors:
-        weight = model.get_submodule(name).weight
-        codes = book.get(name)
-        assert torch.equal(weight.qdata, codes.q) and torch.equal(weight.scale, codes.scale)
-        assert torch.equal(weight.dequantize(), codes.dequantize())
+        module, codes = model.get_submodule(name), book.get(name)
+        weight = module.weight
+        if codes.zero is None:
+            assert torch.equal(weight.qdata, codes.q) and torch.equal(weight.dequantize(), codes.dequantize())
+            continue
+        assert isinstance(module, ZeroPointLinear)
+        assert torch.equal(weight.qdata.to(torch.int16), codes.q.to(torch.int16) - 8)
+        assert torch.equal(weight.scale, codes.scale) and not weight.zero_point.any()
+        assert torch.equal(module.correction, -(codes.zero.float() - 8) * codes.scale)
+        # without activation quantization the module is the dequantized codes' linear, to float rounding
+        inputs = x[:, : codes.q.shape[1]]
+        want = inputs @ codes.dequantize().T
+        sums = inputs.unflatten(-1, (-1, codes.group)).sum(-1)
+        got = torch.nn.functional.linear(inputs, weight.dequantize()) + torch.nn.functional.linear(sums, module.correction)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        checked += 1
+    assert checked == 2 * 7  # every decoder linear (embedding and lm_head are symmetric int8)
 
 
 # --- recipe and calibration input ---------------------------------------------------------------------------
@@ -380,7 +398,7 @@ def test_quality_command_compares_methods_on_a_noisy_reference(tiny_checkpoint, 
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     names = [r["name"] for r in data["rows"]]
-    assert names == ["tiny-gptq", "tiny-gptq (symmetric, .pte)", "int4-block32-rtn", "int4-block32-rtn (symmetric, .pte)"]
+    assert names == ["tiny-gptq", "int4-block32-rtn"]
     for row in data["rows"]:
         assert 0 <= row["metrics"]["top1"] <= 1 and row["metrics"]["kl"] > 0 and row["metrics"]["ppl_ratio"] > 0
     rows = {r["name"]: r["metrics"] for r in data["rows"]}

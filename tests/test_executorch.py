@@ -384,7 +384,7 @@ def test_unhonoured_rules_name_the_rule_and_what_is_done_instead(bf16_llama):
     assert "embedding (int8 per-channel sym+int8 dyn act): activation quantization does not apply" in text
     assert "lm_head (fp16): one float dtype per model; kept at the recipe dtype float32" in text
     assert "rule '*' (int4 g32 palette+int8 dyn act): palettized weights are not supported" in text
-    assert "only symmetric linear weights" in text
+    assert "symmetric" not in text  # zero points are honoured (ZeroPointLinear)
     # hidden 64 is not a multiple of 128: those layers fall back to per channel, and say which ones
     assert "group size 128 does not divide the input size 64; quantized per channel (model.layers.0.mlp.gate_proj" in text
     assert _weight(bf16_llama.model.layers[0].mlp.gate_proj) == (4, None, True)
@@ -394,13 +394,9 @@ def test_unhonoured_rules_name_the_rule_and_what_is_done_instead(bf16_llama):
 def test_shipped_recipes_translate_without_model_specific_surprises():
     assert unhonoured(load_recipe("fp32")) == unhonoured(load_recipe("fp16")) == []
     # The int4 recipes ask for int8 activations on their int8 lm_head, so XNNPACK honours that as written; their
-    # asymmetric int4 codes have no XNNPACK form: the .pte holds the symmetric variant's codes, and says so.
-    for name, group in (("int4-block32", 32), ("int4-block128", 128)):
-        assert unhonoured(load_recipe(name)) == [
-            f"rule '*' (int4 g{group} asym+int8 dyn act): XNNPACK supports only symmetric linear weights; "
-            "quantized symmetric instead"
-        ]
-    assert unhonoured(load_recipe("int4-block32-rtn")) == unhonoured(load_recipe("int4-block32"))
+    # asymmetric int4 codes keep their zero points (ZeroPointLinear).
+    for name in ("int4-block32", "int4-block32-rtn", "int4-block128", "int4-mixed"):
+        assert unhonoured(load_recipe(name)) == []
     expected = (
         "{} (int8 per-channel sym): XNNPACK mis-lowers weight-only linear layers; given int8 dynamic activations instead"
     )

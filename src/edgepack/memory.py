@@ -4,7 +4,8 @@
 
     weights      before export: sum over weight tensors of  n * bits/8 + groups * (scale_bytes + zero_bytes)
                    groups = n / group_size (per channel: one group per output row); scale_bytes = the recipe's
-                   dtype (4 for float32); zero_bytes = 1 for asymmetric quantization, else 0. Each tensor gets
+                   dtype (4 for float32); zero_bytes = bits/8 for asymmetric quantization (the dtype's bytes for
+                   a backend that keeps zero points as floats: ExecuTorch), else 0. Each tensor gets
                    its bits from the recipe: the token embedding follows ``embedding``, the output projection
                    ``lm_head``, every linear layer its first matching rule; norms and biases stay at ``dtype``.
                    A tied embedding is stored twice once quantized (a gather table and a matmul weight).
@@ -194,15 +195,18 @@ class WeightEstimate:
     by_kind: dict[str, int] = field(default_factory=dict)  # embedding, lm_head, linear, other
 
 
-def weight_bytes(geom: Geometry, recipe, num_parameters: int | None = None) -> WeightEstimate:
-    """Bytes of the weights once ``recipe`` is applied (see the module docstring for the rule)."""
+def weight_bytes(geom: Geometry, recipe, num_parameters: int | None = None, *,
+                 float_zero_points: bool = False) -> WeightEstimate:  # fmt: skip
+    """Bytes of the weights once ``recipe`` is applied (see the module docstring for the rule).
+    ``float_zero_points``: the backend keeps a linear's zero points as one float per group (ExecuTorch's
+    ``ZeroPointLinear``), not packed beside the codes."""
     dtype_bytes = DTYPE_BYTES[recipe.dtype]
     tensors = weight_tensors(geom)
     embed, head, linears = tensors[0], tensors[1], tensors[2:]
     by_kind = {
         "embedding": _tensor_bytes(embed, recipe.embedding, dtype_bytes),
         "lm_head": _tensor_bytes(head, recipe.lm_head, dtype_bytes),
-        "linear": sum(_tensor_bytes(t, recipe.for_module(t.name), dtype_bytes) for t in linears),
+        "linear": sum(_tensor_bytes(t, recipe.for_module(t.name), dtype_bytes, float_zero_points) for t in linears),
     }
     if geom.tie_word_embeddings and _is_float(recipe.embedding) and _is_float(recipe.lm_head):
         by_kind["lm_head"] = 0  # one shared float tensor
@@ -221,7 +225,7 @@ def _is_float(quant) -> bool:
     return quant is None or quant.is_float
 
 
-def _tensor_bytes(t: Tensor, quant, dtype_bytes: int) -> int:
+def _tensor_bytes(t: Tensor, quant, dtype_bytes: int, float_zero_points: bool = False) -> int:
     if quant is None:
         return t.numel * dtype_bytes
     if quant.is_float:
@@ -229,7 +233,8 @@ def _tensor_bytes(t: Tensor, quant, dtype_bytes: int) -> int:
     groups = t.numel // quant.group_size if quant.group_size else t.rows
     if quant.format == "palette":  # a look-up table of 2**bits entries per group
         return t.numel * quant.bits // 8 + groups * (1 << quant.bits) * dtype_bytes
-    zero_points = 0 if quant.symmetric else groups * quant.bits // 8  # packed as the codes are (uint4: half a byte)
+    zero_bytes = dtype_bytes if float_zero_points else quant.bits / 8  # else packed as the codes are (uint4: 0.5)
+    zero_points = 0 if quant.symmetric else int(groups * zero_bytes)
     return t.numel * quant.bits // 8 + groups * dtype_bytes + zero_points
 
 
@@ -284,9 +289,10 @@ def footprint(config: dict, recipe, target: str, num_parameters: int | None = No
 
     geom = Geometry.from_config(config)
     runtime = TARGET_RUNTIME[target]
-    if not get_exporter(target).zero_points:  # e.g. XNNPACK: the recipe's symmetric variant is what it stores
+    exporter = get_exporter(target)
+    if not exporter.zero_points:  # a backend without zero points stores the recipe's symmetric variant
         recipe = recipe.symmetric_variant()
-    weights = weight_bytes(geom, recipe, num_parameters).total
+    weights = weight_bytes(geom, recipe, num_parameters, float_zero_points=exporter.float_zero_points).total
     return Footprint(geom, weights, runtime, _kv_bytes(runtime, recipe.dtype), KV_WINDOW_AWARE[target])
 
 

@@ -1,8 +1,7 @@
 """Quality of quantization methods, before any export: each recipe's codes dequantized into the eager model,
 teacher-forced over a long text against the fp32 model (``edgepack quality``, ``make quality``).
 
-Rows: each recipe's code book (what ONNX and Core ML pack) and, where it differs, its symmetric variant (what
-the ``.pte`` packs; XNNPACK has no zero points); optionally an anchor, onnxruntime-genai's builder int4 folder,
+Rows: each recipe's code book (what every backend packs); optionally an anchor, onnxruntime-genai's builder int4 folder,
 run in onnxruntime over the same windows. Figures: top-1 agreement, KL(fp32 || quantized), perplexity ratio.
 
 ``noisy_checkpoint`` breaks a checkpoint's 4-bit grid (SmolLM2's weights come from a Q4_1 GGUF and already sit on
@@ -23,7 +22,7 @@ NOISE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "token
 
 @dataclass
 class Row:
-    name: str  # recipe name (+ " (symmetric, .pte)"), or the anchor's
+    name: str  # recipe name, or the anchor's
     method: str
     seconds: float  # computing the codes (0 when cached), or building the anchor
     metrics: dict
@@ -33,9 +32,9 @@ class Row:
 
 
 def method_quality(model: str | Path, recipes: list, *, text: str | Path = "builtin", max_len: int = 512,
-                   calibration=None, symmetric: bool = True, genai: Path | None = None,
+                   calibration=None, genai: Path | None = None,
                    say=lambda m: None) -> tuple[dict, list[Row]]:  # fmt: skip
-    """({"model", "text", "tokens", "ppl_reference"}, one Row per recipe (+ symmetric variant) and anchor)."""
+    """({"model", "text", "tokens", "ppl_reference"}, one Row per recipe and anchor)."""
     from edgepack.checkpoint import resolve
     from edgepack.codes import codes_for
     from edgepack.codes.calibration import load_calibration
@@ -55,18 +54,14 @@ def method_quality(model: str | Path, recipes: list, *, text: str | Path = "buil
     for recipe in recipes:
         recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
         cal = calibration if recipe.method.calibrated else None
-        variants = [(recipe.name, recipe)]
-        if symmetric and recipe.symmetric_variant() != recipe:
-            variants.append((f"{recipe.name} (symmetric, .pte)", recipe.symmetric_variant()))
-        for label, variant in variants:
-            start = time.perf_counter()
-            book = codes_for(checkpoint, variant, tokenizer=tokenizer, calibration=cal, say=say)
-            seconds = time.perf_counter() - start
-            model_q = load_layer_streamed(checkpoint, "float32", "eager", book.transform(variant))
-            got = eager_logits(model_q, long_text.windows)
-            rows.append(Row(label, variant.method.describe(), round(seconds, 1),
-                            text_metrics(reference, got, long_text.windows)))  # fmt: skip
-            say(f"quality: {label}: {_brief(rows[-1].metrics)}")
+        start = time.perf_counter()
+        book = codes_for(checkpoint, recipe, tokenizer=tokenizer, calibration=cal, say=say)
+        seconds = time.perf_counter() - start
+        model_q = load_layer_streamed(checkpoint, "float32", "eager", book.transform(recipe))
+        got = eager_logits(model_q, long_text.windows)
+        rows.append(Row(recipe.name, recipe.method.describe(), round(seconds, 1),
+                        text_metrics(reference, got, long_text.windows)))  # fmt: skip
+        say(f"quality: {recipe.name}: {_brief(rows[-1].metrics)}")
     if genai is not None:
         from edgepack.anchors import OnnxFolderRunner
 

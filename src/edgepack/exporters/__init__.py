@@ -98,6 +98,7 @@ class Exporter(Protocol):
     name: str
     runtime: str
     zero_points: bool  # whether its integer weights may carry zero points (else: the recipe's symmetric variant)
+    float_zero_points: bool  # whether it keeps a linear's zero points as one float per group (for memory estimates)
 
     def unhonoured(self, recipe) -> list[str]:
         """Recipe rules this backend cannot honour, one line each (reported, never skipped silently)."""

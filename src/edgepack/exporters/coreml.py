@@ -30,6 +30,7 @@ class CoreMLExporter:
     name = "coreml"
     runtime = "coreml"
     zero_points = True
+    float_zero_points = False
 
     def __init__(self, compute_precision: str | None = None):
         """``compute_precision``: "float16" or "float32"; None decides from the recipe (see module docstring)."""

@@ -39,7 +39,10 @@ EXAMPLE_LEN = 2  # example prefill length for tracing (not 0 or 1, which torch.e
 class ExecuTorchExporter:
     name = "executorch"
     runtime = "executorch"
-    zero_points = False  # XNNPACK's linear kernels are symmetric: the recipe's symmetric variant's codes
+    # XNNPACK's kernels are symmetric: a linear's zero points become a float correction over its group sums
+    # (executorch_model.ZeroPointLinear), so the .pte computes the recipe's own codes.
+    zero_points = True
+    float_zero_points = True
 
     def unhonoured(self, recipe) -> list[str]:
         """Recipe settings this backend cannot honour, one line each with what is done instead."""
@@ -102,7 +105,8 @@ def weights_outside(config, recipe) -> bool:
     """Whether the quantized weights (estimated from the config and recipe) are too large for the .pte."""
     from edgepack.memory import Geometry, weight_bytes
 
-    return weight_bytes(Geometry.from_config(config.to_dict()), recipe).total > EXTERNAL_DATA_BYTES
+    estimate = weight_bytes(Geometry.from_config(config.to_dict()), recipe, float_zero_points=True)
+    return estimate.total > EXTERNAL_DATA_BYTES
 
 
 def _tag_constants(graph_module) -> None:

@@ -129,3 +129,28 @@ class CausalLMWithCache(nn.Module):
             use_cache=True,
         )
         return out.logits
+
+
+class ZeroPointLinear(nn.Module):
+    """An asymmetric quantized linear in XNNPACK's symmetric kernels, computing exactly its codes' weight.
+
+    ``s (q - z) x`` over a group equals ``s (q - 2^(b-1)) x - s (z - 2^(b-1)) sum(x)``: the linear given (by
+    ``edgepack.quantize``) its codes shifted to the signed range and zero points of 0 computes the first term; the
+    second is a float linear over each group's input sum, with one weight per (row, group). So the ``.pte`` packs the
+    recipe's own codes, the same ones ONNX and Core ML pack, instead of a symmetric variant's.
+    """
+
+    def __init__(self, linear: nn.Linear, codes):
+        super().__init__()
+        self.linear = linear
+        self.group = codes.group
+        shift = (codes.zero.float() - 2 ** (codes.bits - 1)) * codes.scale.float()
+        self.correction = nn.Parameter(-shift.to(linear.weight.dtype), requires_grad=False)  # [rows, groups]
+
+    @property
+    def weight(self):
+        return self.linear.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sums = x.unflatten(-1, (-1, self.group)).sum(-1)
+        return self.linear(x) + nn.functional.linear(sums, self.correction)

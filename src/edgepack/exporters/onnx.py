@@ -56,6 +56,7 @@ class OnnxExporter:
     name = "onnx"
     runtime = "onnxruntime"
     zero_points = True
+    float_zero_points = False
 
     def unhonoured(self, recipe) -> list[str]:
         """Recipe settings onnxruntime cannot honour exactly, one line each with what is done instead."""
