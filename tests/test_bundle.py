@@ -81,6 +81,20 @@ def test_verify_passes_on_fresh_bundle_folder_and_zip(export, tmp_path):
         assert result.output.startswith(f"ok: {path} (bundle)")
 
 
+def test_verify_on_the_bundle_out_folder_verifies_every_bundle_in_it(export, tmp_path):
+    out = _bundle(export, tmp_path / "a" / "b" / "bundles")  # missing parents are created
+    result = _verify(out)
+    assert result.exit_code == 0, result.output
+    assert [line.split(" (")[0] for line in result.output.splitlines()] == [
+        f"ok: {out / name}" for name in ("android", "android.zip", "ios", "ios.zip")]  # fmt: skip
+    as_json = json.loads(_verify(out, "--json").stdout)
+    assert as_json["ok"] and len(as_json["bundles"]) == 4
+    (out / "ios" / "manifest.json").write_text("{}")
+    failed = _verify(out)
+    assert failed.exit_code == 1 and f"{out / 'ios'} failed verification" in failed.output
+    assert "android" not in failed.output.split("error:", 1)[1]
+
+
 def test_verify_fails_on_planted_token(export, tmp_path):
     out = _bundle(export, tmp_path / "b")
     config = out / "android/onnx/genai_config.json"
@@ -135,7 +149,7 @@ def test_verify_fails_on_parity(tmp_path):
 def test_bundle_errors(export, tmp_path):
     only_android = make_export(tmp_path / "ex", targets=("executorch",))
     write_manifest(only_android)
-    with pytest.raises(ManifestError, match="has no coreml artifact for ios. Export with --targets coreml"):
+    with pytest.raises(ManifestError, match="has no coreml artifact for ios. Export with --target coreml"):
         write_bundle(only_android, tmp_path / "o", "ios")
     assert [b.platform for b in write_bundle(only_android, tmp_path / "o", "all")] == ["android"]
     result = CliRunner().invoke(main, ["bundle", str(only_android), "--out", str(tmp_path / "o")])

@@ -19,7 +19,7 @@ from pathlib import Path
 from edgepack.errors import EdgepackError
 
 # Errors that mean "this place cannot be written", not a bug: reported as one line.
-WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT}
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR}
 
 
 def sibling(out: Path, kind: str = "tmp") -> Path:
@@ -73,11 +73,14 @@ def write_error(exc: OSError, out: Path, error: type[EdgepackError]) -> Edgepack
 @contextmanager
 def atomic_dir(out: Path, error: type[EdgepackError], say: Callable[[str], None] = lambda m: None) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``out``; when the block succeeds it replaces ``out`` (an old ``out`` is
-    removed only after the new one is in place), when it fails it is removed."""
+    removed only after the new one is in place), when it fails it is removed. Missing parent folders are created
+    (as ``mkdir -p``), and removed again if the block fails and they are still empty."""
     remove_stale(out, say)
     tmp = sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
+    created = [p for p in reversed(out.parents) if not p.exists()]
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         yield tmp
         old = sibling(out, "old")
@@ -86,8 +89,17 @@ def atomic_dir(out: Path, error: type[EdgepackError], say: Callable[[str], None]
         os.replace(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _undo(tmp, created)
         raise (write_error(exc, out, error) or exc) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _undo(tmp, created)
         raise
+
+
+def _undo(tmp: Path, created: list[Path]) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    for folder in reversed(created):  # deepest first; one the block filled is not ours to remove
+        try:
+            folder.rmdir()
+        except OSError:
+            break

@@ -55,8 +55,6 @@ def write_bundle(
     if out.resolve().is_relative_to(root.resolve()):
         raise ManifestError(f"--out {out} is inside the export folder {root}; a bundle beside the export it copies "
                             "would be copied into the next one. Choose a folder outside it.")  # fmt: skip
-    if not out.parent.is_dir():
-        raise ManifestError(f"The parent folder of {out} does not exist. Create it first.")
     with atomic_dir(out, ManifestError, say) as tmp:
         bundles = [_write_platform(root, manifest, p, tmp) for p in platforms]
     return [
@@ -74,7 +72,7 @@ def _platforms(platform: str, manifest: dict, root: Path) -> list[str]:
     if platform != "all" and not usable:
         needs = " or ".join(PLATFORMS[platform])
         raise ManifestError(
-            f"{root} has no {needs} artifact for {platform}. Export with --targets {PLATFORMS[platform][0]}."
+            f"{root} has no {needs} artifact for {platform}. Export with --target {PLATFORMS[platform][0]}."
         )
     if not usable:
         raise ManifestError(f"{root} has no artifact for any platform.")

@@ -175,8 +175,6 @@ def check_output(out: Path, force: bool) -> Path:
         raise ExportError(
             f"Output folder {out} already exists and is not empty. Pass --force to replace it, or choose a new path."
         )
-    if not out.parent.exists():
-        raise ExportError(f"The parent folder of {out} does not exist. Create it first.")
     return out
 
 

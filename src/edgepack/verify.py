@@ -42,10 +42,13 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def failure_message(self) -> str:
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"{self.path} failed verification: {len(self.problems)} problem(s)\n{lines}"
+
     def raise_problems(self) -> None:
         if self.problems:
-            lines = "\n".join(f"  - {p}" for p in self.problems)
-            raise VerifyError(f"{self.path} failed verification: {len(self.problems)} problem(s)\n{lines}")
+            raise VerifyError(self.failure_message())
 
 
 def verify_bundle(path: str | Path, *, allow_no_parity: bool = False) -> VerifyReport:
@@ -69,6 +72,20 @@ def check_bundle(path: str | Path, *, allow_no_parity: bool = False) -> VerifyRe
             f"{path} is neither a bundle folder nor a .zip. Pass what `edgepack bundle` wrote."
         )
     return report
+
+
+def check_bundles(path: str | Path, *, allow_no_parity: bool = False) -> list[VerifyReport]:
+    """One report per bundle: ``path`` itself (a bundle folder, a .zip, an export folder), or, for the folder
+    ``edgepack bundle --out`` wrote, each platform folder and zip in it (links are never followed)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink() and not (path / MANIFEST_FILE).exists():
+        found = sorted(
+            p for p in path.iterdir()
+            if not p.is_symlink() and ((p.is_dir() and (p / MANIFEST_FILE).is_file()) or (p.suffix == ".zip" and p.is_file()))
+        )  # fmt: skip
+        if found:
+            return [check_bundle(p, allow_no_parity=allow_no_parity) for p in found]
+    return [check_bundle(path, allow_no_parity=allow_no_parity)]
 
 
 # --- what is verified: a folder or a zip, read the same way ---------------------------------------------------
