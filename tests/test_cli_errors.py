@@ -98,6 +98,64 @@ def test_existing_output_is_not_touched_without_force(llama, tmp_path):
     assert (out / "old.txt").read_text() == "old"
 
 
+def test_export_creates_missing_parents_and_quiet_means_an_empty_stderr(llama, tmp_path):
+    """``--out a/b/c`` is created as ``mkdir -p`` would; ``--quiet`` prints nothing at all on success, in a real
+    process, where torch's loggers and ExecuTorch's C++ runtime (its CPU probe) write to stderr too."""
+    out = tmp_path / "a" / "b" / "c"
+    proc = subprocess.run([sys.executable, "-m", "edgepack", "export", str(llama), "--recipe", "int4-block32-rtn",
+                           "--target", "executorch", "--out", str(out), "--max-seq-len", "32", "--quiet"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "manifest.json").is_file()
+    assert proc.stderr == "" and proc.stdout == ""
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_no_color_means_no_escape_codes(llama, tmp_path, no_color):
+    """On a terminal (FORCE_COLOR) progress and summary are styled; with NO_COLOR they hold no escape code at all:
+    no colour, no dim, no spinner moving the cursor."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"} | {"FORCE_COLOR": "1"}
+    if no_color:
+        env["NO_COLOR"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "edgepack", "export", str(llama), "--recipe", "fp32", "--target",
+                           "onnx", "--out", str(tmp_path / "out"), "--max-seq-len", "32", "--no-parity"],
+                          capture_output=True, text=True, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "edgepack export ->" in proc.stderr
+    assert ("\x1b" in proc.stderr + proc.stdout) is not no_color
+
+
+def test_a_failed_export_removes_the_parents_it_created(llama, tmp_path, monkeypatch):
+    from edgepack import pipeline
+    from edgepack.errors import ExportError
+
+    def fail(*args, **kwargs):
+        raise ExportError("simulated failure while writing")
+
+    monkeypatch.setattr(pipeline, "write_export_record", fail)
+    (tmp_path / "a").mkdir()
+    result = CliRunner().invoke(main, ["export", str(llama), "--out", str(tmp_path / "a" / "b" / "c"), "--quiet"])
+    assert result.exit_code == 2 and "simulated failure" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "model"] and not any((tmp_path / "a").iterdir())
+
+
+def test_demo_replaces_only_an_earlier_export(tmp_path):
+    """Re-running the demo replaces its earlier export (and says so); any other folder is left alone."""
+    from edgepack.demo import replaces_export
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--json"])
+    assert result.exit_code == 2 and "is not an edgepack export. Pass --force" in result.stderr
+    assert result.stdout == "" and (out / "notes.txt").read_text() == "keep"
+    assert replaces_export(out, force=True) and not replaces_export(tmp_path / "new", force=False)
+    (out / "export.json").write_text("{}")
+    assert replaces_export(out, force=False)
+
+
 def test_real_process_exit_code_and_no_traceback(tmp_path):
     """The installed console script, not just CliRunner: a missing model folder."""
     proc = subprocess.run(

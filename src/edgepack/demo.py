@@ -62,6 +62,19 @@ def _mark_source(folder: Path) -> None:
         cfg.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def replaces_export(out: str | Path, force: bool) -> bool:
+    """Whether the demo may replace ``out``: an earlier export (it has export.json) or ``force``; an empty or
+    missing folder needs no replacing; anything else is refused, never overwritten silently."""
+    from edgepack.errors import ExportError
+
+    out = Path(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    if force or (out / "export.json").is_file():
+        return True
+    raise ExportError(f"{out} exists and is not an edgepack export. Pass --force to replace it, or choose --out.")
+
+
 def default_checkpoint(echo=print) -> Path:
     """SmolLM2 when the package index is reachable, else a tiny checkpoint built in code (and say so)."""
     try:

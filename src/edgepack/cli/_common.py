@@ -38,6 +38,10 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore")
+    # torch sets its own loggers' levels when it is imported (torch._logging), so import it first; torchao's
+    # import then logs its pytree deprecations at a level that is dropped.
+    import torch  # noqa: F401
+
     for name in ("torch", "torchao", "transformers", "executorch", "coremltools", "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -49,6 +53,17 @@ def quiet_libraries() -> None:
         pass
 
 
+def console():
+    """(a rich Console on stderr, plain): ``NO_COLOR`` (any value) and ``TERM=dumb`` mean no escape codes at all
+    -- no styles such as dim, no cursor movement -- where rich alone would drop only the colours."""
+    import os
+
+    from rich.console import Console
+
+    plain = bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
+    return Console(stderr=True, highlight=False, color_system=None if plain else "auto"), plain
+
+
 class Progress:
     """Stage messages on stderr with elapsed time and a spinner while a stage runs; silent when quiet."""
 
@@ -58,9 +73,7 @@ class Progress:
         if not quiet:
             import time
 
-            from rich.console import Console
-
-            self._console = Console(stderr=True, highlight=False)
+            self._console, self._plain = console()
             self._start = time.perf_counter()
 
     def __call__(self, message: str) -> None:
@@ -72,7 +85,7 @@ class Progress:
 
         elapsed = time.perf_counter() - self._start
         self._console.print(f"[dim]{elapsed:7.1f}s[/dim] {escape(message)}")
-        if self._status is None and self._console.is_terminal:
+        if self._status is None and self._console.is_terminal and not self._plain:  # the spinner moves the cursor
             self._status = self._console.status("working...")
             self._status.start()
         if self._status is not None:

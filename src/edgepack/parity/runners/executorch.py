@@ -41,12 +41,21 @@ class ExecuTorchRunner:
         self.reset()
 
     def reset(self) -> None:
+        from edgepack.native import captured_stderr
+
         self._program = self._method = None  # release the previous program's memory before loading the next
-        try:
-            self._program = self._runtime.load_program(self.path, data_path=self.data_path)
-            self._method = self._program.load_method(self._method_name)
-        except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError variants
-            raise ParityError(f"The ExecuTorch runtime cannot load {self.path}: {exc}") from None
+        # The runtime logs its CPU probe to fd 2 on the first load; kept only to explain a failure.
+        with captured_stderr() as log:
+            try:
+                self._program = self._runtime.load_program(self.path, data_path=self.data_path)
+                self._method = self._program.load_method(self._method_name)
+                failure = None
+            except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError variants
+                failure = exc
+        if failure is not None:
+            said = log.text.strip().splitlines()[-3:]
+            detail = f" (runtime log: {' | '.join(said)})" if said else ""
+            raise ParityError(f"The ExecuTorch runtime cannot load {self.path}: {failure}{detail}")
         self._position = 0
 
     def forward(self, tokens: Sequence[int]) -> np.ndarray:
