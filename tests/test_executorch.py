@@ -427,3 +427,18 @@ def test_smollm2_int4_pte_answers_paris_in_the_llm_runner(smollm2_int4):
     answer = "".join(pieces)
     print(f"\nExecuTorch LLM runner: {answer!r}; {bytes_per_param:.3f} bytes/parameter")
     assert "Paris" in answer, answer
+
+
+def test_a_long_stage_says_it_is_still_running():
+    """XNNPACK's lowering is minutes of silence at 4B: a heartbeat line with the elapsed time and the estimate."""
+    import time
+
+    from edgepack.exporters import heartbeat
+
+    said: list[str] = []
+    with heartbeat(said.append, "lowering to XNNPACK", 420, every=0.05):
+        time.sleep(0.18)
+    assert len(said) >= 2 and said[0].startswith("lowering to XNNPACK: still running, 0 s elapsed of ~420 s")
+    count = len(said)
+    time.sleep(0.1)
+    assert len(said) == count  # stopped with the block

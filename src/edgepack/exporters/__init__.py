@@ -9,6 +9,10 @@ returns an ``Artifact``. The artifact is also written beside the files as ``arti
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +25,32 @@ ARTIFACT_FILE = "artifact.json"
 # The most tokens one call takes where a backend must fix it at export (ExecuTorch plans its activation memory
 # for the largest call); longer prompts are prefilled in chunks. The memory estimate assumes the same.
 PREFILL_CHUNK = 128
+
+
+HEARTBEAT_S = 30.0  # seconds between "still running" lines during a long silent stage
+
+
+@contextmanager
+def heartbeat(say: Callable[[str], None], stage: str, estimate_s: float | None = None,
+              every: float = HEARTBEAT_S) -> Iterator[None]:  # fmt: skip
+    """Say, every ``every`` seconds while the block runs, that ``stage`` is still running: the elapsed time and,
+    when known, the estimate (a library call such as XNNPACK's lowering says nothing for minutes)."""
+    done = threading.Event()
+    start = time.perf_counter()
+
+    def beat():
+        while not done.wait(every):
+            elapsed = time.perf_counter() - start
+            of = f" of ~{estimate_s:.0f} s estimated" if estimate_s else ""
+            say(f"{stage}: still running, {elapsed:.0f} s elapsed{of}")
+
+    thread = threading.Thread(target=beat, name=f"heartbeat: {stage}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 @dataclass
