@@ -195,3 +195,15 @@ def test_corrupted_pte_weight_fails_the_gate(pte_export, tmp_path):
     result = CliRunner().invoke(main, ["parity", str(broken), "--quiet"])
     assert result.exit_code == 1, result.stderr
     assert "executorch/model.pte: max_abs_diff = " in result.stderr
+
+
+def test_the_summary_shows_parity_beside_its_thresholds_the_paths_and_the_next_command(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["export", str(tiny_checkpoint("llama")), "--recipe", "fp32", "--target", "onnx",
+                                       "--out", str(out), "--max-seq-len", "32"], env={"COLUMNS": "250"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stderr.split())
+    report = json.loads((out / "parity.json").read_text())["artifacts"][0]
+    assert f"{report['metrics']['top1']:.3f} ({report['thresholds']['min_top1']:g})" in text
+    assert f"manifest: {out / 'manifest.json'}" in text and f"parity: {out / 'parity.md'}" in text
+    assert f"next: edgepack bundle {out} --out {out}-bundles && edgepack verify {out}-bundles" in text

@@ -59,21 +59,43 @@ def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, 
         _print_summary(result)
 
 
+SHOWN = (("top1", "top-1", ">="), ("kl", "KL", "<="), ("cosine", "cosine", ">="))  # metric, header, gate
+
+
 def _print_summary(result) -> None:
+    """What was built, where, how big, each artifact's parity beside its thresholds, and what to run next."""
     from rich.table import Table
 
     from edgepack.cli._common import console
 
     table = Table(title=f"edgepack export -> {result.out} ({result.seconds:.1f}s)")
-    for col in ("target", "artifact", "MB", "export s", "parity"):
+    for col in ("target", "artifact", "MB", "export s", *(f"{h} ({op} gate)" for _, h, op in SHOWN), "parity"):
         table.add_column(col)
     summary = result.summary()
     parity = (summary["parity"] or {}).get("artifacts", {})
     for a in summary["artifacts"]:
         p = parity.get(a["target"])
         verdict = "-" if p is None else ("pass" if p["passed"] else "FAIL")
-        table.add_row(a["target"], a["path"], f"{a['bytes'] / 1e6:.1f}", f"{a['export_seconds']:.1f}", verdict)
+        table.add_row(a["target"], a["path"], f"{a['bytes'] / 1e6:.1f}", f"{a['export_seconds']:.1f}",
+                      *(_beside(p, metric) for metric, _, _ in SHOWN), verdict)  # fmt: skip
     out, _ = console()
     out.print(table)
     for warning in result.warnings:
         out.print(f"[yellow]not honoured[/yellow] {warning}")
+    if result.manifest:
+        out.print(f"manifest: {result.manifest}")
+    if (result.out / "parity.md").is_file():
+        out.print(f"parity:   {result.out / 'parity.md'} (and parity.json, parity.junit.xml)")
+    out.print(f"next:     edgepack bundle {result.out} --out {result.out}-bundles && "
+              f"edgepack verify {result.out}-bundles")
+
+
+def _beside(parity: dict | None, metric: str) -> str:
+    """``0.834 (0.69)``: the measured value and, in brackets, the recipe's threshold for it."""
+    from edgepack.parity.harness import THRESHOLDS
+
+    if parity is None or metric not in parity:
+        return "-"
+    key = next(k for k, (m, _) in THRESHOLDS.items() if m == metric)
+    gate = parity.get("thresholds", {}).get(key)
+    return f"{parity[metric]:.3f}" + (f" ({gate:g})" if gate is not None else "")

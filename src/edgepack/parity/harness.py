@@ -71,6 +71,7 @@ class ParityReport:
         return {
             "passed": self.passed,
             "artifacts": {a.target: {"passed": a.passed, **a.metrics,
+                                     "thresholds": {k: v for k, v in a.thresholds.items() if v is not None},
                                      **({"text": a.text["metrics"]} if a.text else {})} for a in self.artifacts},
         }
 
