@@ -36,15 +36,28 @@ def test_report_files_tables_and_embedded_plots(benched_export):
 
     for heading in ("Artifacts", "Parity against the fp32 reference", "Memory fit per device", "Speed and memory"):
         assert f"## {heading}" in md and heading in page
-    assert f"| {parity['metrics']['cosine']:.4g} |" in md  # the parity row carries parity.json's numbers
+    # the parity row carries parity.json's numbers, each beside its threshold, and the error split
+    assert f"| {parity['metrics']['cosine']:.4g} ({parity['thresholds']['min_cosine']:g}) |" in md
+    assert "quantization KL | conversion KL |" in md
     assert f"| {speed['decode_tokens_per_second']:.1f} |" in md  # the speed row carries bench.json's
     assert "| iphone-13 |" in md  # one memory-fit row per shipped device profile
 
     embedded = [base64.b64decode(s) for s in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)]
-    files = [benched_export / "report-size-parity.png", benched_export / "report-decode-speed.png"]
+    files = [benched_export / f"report-{n}.png" for n in ("size-parity", "kl-split", "decode-speed")]
     assert sorted(embedded) == sorted(f.read_bytes() for f in files)
     assert all(png.startswith(PNG) and len(png) > 5000 for png in embedded)
     assert all(f"]({f.name})" in md for f in files)
+
+
+def test_an_export_without_a_bench_still_gets_both_parity_plots(tiny_checkpoint, tmp_path_factory, tmp_path):
+    """The size/KL plot with the gate drawn and the quantization/conversion split; cues beyond colour."""
+    out = shutil.copytree(tiny_onnx_export(tmp_path_factory, tiny_checkpoint("llama")), tmp_path / "export")
+    (out / "bench.json").unlink(missing_ok=True)
+    from edgepack.report import build_report
+
+    report = build_report(out)
+    assert sorted(report.plots) == ["report-kl-split.png", "report-size-parity.png"]
+    assert all(png.startswith(PNG) for png in report.plots.values())
 
 
 def test_matrix_output_reports_every_cell(benched_export, tmp_path):

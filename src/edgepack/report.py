@@ -1,8 +1,10 @@
 """``report.md`` and ``report.html`` for an export folder, or for a matrix's output (every export under cells/).
 
 Sections: artifacts and sizes, parity (from parity.json), memory fit per device (``edgepack.plan``, skipped
-when unavailable), speed (from bench.json, written by ``edgepack bench``). Two plots (matplotlib PNG, saved
-beside report.md and embedded as base64 in the HTML): size against parity (KL), and decode speed per artifact.
+when unavailable), speed (from bench.json, written by ``edgepack bench``). Plots (matplotlib PNG, saved beside
+report.md and embedded as base64 in the HTML): size against parity (KL, the gate drawn), the KL split into
+quantization and conversion per artifact, and decode speed per artifact when a bench was run. No cue is colour
+alone: pass/fail is also a marker shape and a word, edgepack against anchors also a hatch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from edgepack import __version__
 from edgepack.errors import ArtifactError, EdgepackError
 
 PARITY_COLUMNS = ("cosine", "top1", "top5_overlap", "kl", "greedy_agreement", "max_abs_diff")
-PLOTS = {"size_parity": "report-size-parity.png", "decode_speed": "report-decode-speed.png"}
+PLOTS = {"size_parity": "report-size-parity.png", "kl_split": "report-kl-split.png",
+         "decode_speed": "report-decode-speed.png"}  # fmt: skip
+GATES = {"cosine": "min_cosine", "top1": "min_top1", "top5_overlap": "min_top5_overlap", "kl": "max_kl",
+         "greedy_agreement": "min_greedy_agreement", "max_abs_diff": "max_abs_diff"}  # metric -> threshold key
 
 
 @dataclass
@@ -124,12 +129,19 @@ def _parity_table(rows: list[dict]) -> Table:
     for r in rows:
         p = r["parity"]
         if p is None:
-            body.append([_label(r, many), "not checked"] + ["-"] * len(PARITY_COLUMNS))
+            body.append([_label(r, many), "not checked"] + ["-"] * (len(PARITY_COLUMNS) + 2))
             continue
         verdict = "pass" if p["passed"] else "FAIL: " + ", ".join(f["metric"] for f in p["failures"])
-        body.append([_label(r, many), verdict] + [_num(p["metrics"].get(c)) for c in PARITY_COLUMNS])
-    return Table("Parity against the fp32 reference", ["artifact", "verdict", *PARITY_COLUMNS], body,
-                 "From parity.json (edgepack parity): teacher-forced logits over the parity prompts.")  # fmt: skip
+        split = p.get("split") or {}
+        body.append([_label(r, many), verdict]
+                    + [_gated(p["metrics"].get(c), (p.get("thresholds") or {}).get(GATES[c])) for c in PARITY_COLUMNS]
+                    + [_num((split.get(half) or {}).get("kl")) for half in ("quantization", "conversion")])  # fmt: skip
+    header = ["artifact", "verdict", *PARITY_COLUMNS, "quantization KL", "conversion KL"]
+    return Table("Parity against the fp32 reference", header, body,
+                 "From parity.json (edgepack parity): teacher-forced logits over the parity prompts. Each metric shows "
+                 "its recipe threshold in brackets (>= for similarity, <= for KL and max abs diff).\n"
+                 "Split: quantization = the artifact's own codes in the eager model vs fp32; conversion = the artifact "
+                 "vs that quantized eager model.")  # fmt: skip
 
 
 def _plan_table(exports: list[Path]) -> Table | None:
@@ -190,6 +202,7 @@ def _plots(rows: list[dict], speed: list[dict]) -> dict[str, bytes]:
     checked = [r for r in rows if r["parity"]]
     if checked:
         plots[PLOTS["size_parity"]] = _size_parity_plot(checked)
+        plots[PLOTS["kl_split"]] = _split_plot(checked)
     measured = [m for m in speed if not m["error"]]
     if measured:
         plots[PLOTS["decode_speed"]] = _speed_plot(measured)
@@ -202,16 +215,46 @@ def _size_parity_plot(rows: list[dict]) -> bytes:
     many = len({r["export"] for r in rows}) > 1
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for r in rows:
-        x, y = r["bytes"] / 1e6, r["parity"]["metrics"]["kl"]
-        ax.scatter([x], [y], s=60, color="tab:green" if r["parity"]["passed"] else "tab:red", zorder=3)
-        ax.annotate(_label(r, many), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        x, y, passed = r["bytes"] / 1e6, r["parity"]["metrics"]["kl"], r["parity"]["passed"]
+        ax.scatter([x], [y], s=60, marker="o" if passed else "X", color="tab:green" if passed else "tab:red", zorder=3)
+        label = f"{_label(r, many)} ({'pass' if passed else 'FAIL'})"
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    gates = sorted({g for r in rows if (g := (r["parity"].get("thresholds") or {}).get("max_kl")) is not None})
+    for gate in gates:
+        ax.axhline(gate, linestyle="--", color="0.4", linewidth=1)
+        ax.annotate(f"max_kl gate {gate:g}", (0, gate), textcoords="offset points", xytext=(4, 3), fontsize=8)
     ax.set_xlabel("artifact size (MB)")
     ax.set_ylabel("mean KL(reference || artifact), lower is better")
-    ax.set_title("Size against parity (green: passed, red: failed)")
+    ax.set_title("Size against parity (circle: passed, cross: failed)")
     ax.grid(alpha=0.3)
     ax.margins(x=0.25, y=0.25)
     ax.set_xlim(0, max(r["bytes"] for r in rows) / 1e6 * 1.25)  # room for the labels of the largest
-    ax.set_ylim(bottom=0)  # from zero: a near-lossless artifact sits on the axis
+    ax.set_ylim(bottom=0, top=max([r["parity"]["metrics"]["kl"] for r in rows] + gates) * 1.25 or 1e-6)
+    return _png(fig)
+
+
+def _split_plot(rows: list[dict]) -> bytes:
+    """Per artifact, the KL of quantization (the codes) and of conversion (the backend), side by side."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    many = len({r["export"] for r in rows}) > 1
+    names = [_label(r, many) for r in rows]
+    halves = {h: [((r["parity"].get("split") or {}).get(h) or {}).get("kl") or 0.0 for r in rows]
+              for h in ("quantization", "conversion")}  # fmt: skip
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(rows) + 1.6), dpi=110)
+    for i, (half, hatch) in enumerate((("quantization", ""), ("conversion", "//"))):
+        bars = ax.barh(y + (i - 0.5) * 0.38, halves[half], height=0.36, hatch=hatch, label=half,
+                       color="tab:blue" if i == 0 else "tab:orange", edgecolor="black")  # fmt: skip
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in halves[half]], padding=3, fontsize=7)
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean KL against fp32 (nats), lower is better")
+    ax.set_title("Where the error comes from: quantization (plain) vs conversion (hatched)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.margins(x=0.3)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -220,13 +263,15 @@ def _speed_plot(measured: list[dict]) -> bytes:
 
     names = [m["name"] + (" *" if m["note"].startswith("simulated") else "") for m in measured]
     values = [m["decode_tokens_per_second"] for m in measured]
-    colors = ["tab:blue" if m["name"].startswith("edgepack") else "tab:gray" for m in measured]
+    ours = [m["name"].startswith("edgepack") for m in measured]
     fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(measured) + 1.4), dpi=110)
-    bars = ax.barh(names, values, color=colors)
+    bars = ax.barh(names, values, color=["tab:blue" if o else "tab:gray" for o in ours], edgecolor="black")
+    for bar, o in zip(bars, ours):
+        bar.set_hatch("" if o else "..")
     ax.bar_label(bars, labels=[f"{v:.1f}" for v in values], padding=3, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("decode tokens/s (median), higher is better")
-    ax.set_title("Decode speed per artifact (blue: edgepack, grey: anchors)")
+    ax.set_title("Decode speed per artifact (plain: edgepack, dotted: anchors)")
     ax.margins(x=0.15)
     fig.tight_layout()
     return _png(fig)
@@ -286,6 +331,10 @@ _CSS = (
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f}"
+
+
+def _gated(value, gate) -> str:
+    return _num(value) + (f" ({gate:g})" if value is not None and gate is not None else "")
 
 
 def _num(value) -> str:
