@@ -434,3 +434,30 @@ def test_parity_recomputes_an_evicted_code_book_and_checks_its_key(gptq_export, 
     shutil.rmtree(folder)
     report = check_parity(gptq_export.out, targets=["onnx"], write_reports=False)
     assert (folder / "index.json").is_file() and report.artifacts[0].split["conversion"]["kl"] < 0.05
+
+
+def test_the_manifest_says_how_to_call_each_artifact_as_its_runtime_sees_it(gptq_export):
+    """requires (runtime, minimum versions) and interface (names, dtypes, shapes, states, tokenizer file) per
+    artifact, checked against the artifacts themselves: the ONNX graph's inputs/outputs and the Core ML program's."""
+    import onnx
+
+    from edgepack.parity.mil2onnx import load_program
+
+    manifest = json.loads((gptq_export.out / "manifest.json").read_text())
+    by_target = {a["target"]: a for a in manifest["artifacts"]}
+    assert by_target["coreml"]["requires"] == {"runtime": "coreml", "runtime_version": None,
+                                               "os": {"ios": "18.0", "macos": "15.0"}}  # fmt: skip
+    assert by_target["executorch"]["requires"]["runtime_version"] == "1.5"
+    graph = onnx.load(gptq_export.out / "onnx" / "model.onnx", load_external_data=False).graph
+    onnx_io = by_target["onnx"]["interface"]
+    assert [t["name"] for t in onnx_io["inputs"]] == [i.name for i in graph.input]
+    assert [t["name"] for t in onnx_io["outputs"]] == [o.name for o in graph.output]
+    assert (gptq_export.out / onnx_io["tokenizer"]).is_file()
+    main_fn = load_program(gptq_export.out / "coreml" / "model.mlpackage").functions["main"]
+    coreml_io = by_target["coreml"]["interface"]
+    states = coreml_io["states"]
+    assert {t["name"] for t in coreml_io["inputs"] + states} == set(main_fn.inputs)
+    assert all(list(main_fn.inputs[s["name"]].shape) == s["shape"] for s in states)
+    pte_io = by_target["executorch"]["interface"]
+    assert [t["name"] for t in pte_io["inputs"]] == ["input_ids", "cache_position"]
+    assert all((gptq_export.out / a["interface"]["tokenizer"]).is_file() for a in manifest["artifacts"])

@@ -199,14 +199,20 @@ def _footprints(root: Path) -> list:
 
 
 def _artifact(root: Path, a: Artifact, footprint, parity: dict | None) -> dict:
-    """One artifact: its files and digests, what it needs at its full context, its parity summary."""
+    """One artifact: its files and digests, what it needs (runtime and OS, memory at its full context), how an
+    app calls it, its parity summary."""
+    from edgepack.exporters import get_exporter
+
     files = file_entries(root, [a.path, *a.files])
     need = footprint.at(a.max_seq_len)
+    backend = get_exporter(a.target)
     return {
         "target": a.target,
         "runtime": a.runtime,
         "path": Path(a.path).as_posix(),
         "min_runtime": a.min_runtime,
+        "requires": backend.requires,
+        **({"interface": interface} if (interface := backend.interface(a)) else {}),
         "sha256": path_digest(root, Path(a.path).as_posix(), files),
         "bytes": sum(f["bytes"] for f in files),
         "files": files,

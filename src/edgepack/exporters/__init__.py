@@ -130,8 +130,17 @@ class Exporter(Protocol):
     zero_points: bool  # whether its integer weights may carry zero points (else: the recipe's symmetric variant)
     float_zero_points: bool  # whether it keeps a linear's zero points as one float per group (for memory estimates)
 
+    # What a device needs to run the artifact, machine-readable: {"runtime", "runtime_version" (None: any that
+    # loads it), "os": {platform: minimum version} (empty: whatever the runtime supports)}.
+    requires: dict
+
     def unhonoured(self, recipe) -> list[str]:
         """Recipe rules this backend cannot honour, one line each (reported, never skipped silently)."""
+
+    def interface(self, artifact: Artifact) -> dict | None:
+        """What an app feeds and reads: {"inputs", "outputs", "states"}: lists of {"name", "dtype", "shape"}
+        (symbolic dims as names), and "tokenizer": the tokenizer file this runtime reads; None when the artifact's
+        record predates them."""
 
     def export(self, model, request: ExportRequest) -> Artifact: ...
 

@@ -31,6 +31,7 @@ class CoreMLExporter:
     runtime = "coreml"
     zero_points = True
     float_zero_points = False
+    requires = {"runtime": "coreml", "runtime_version": None, "os": {"ios": "18.0", "macos": "15.0"}}  # MLState
 
     def __init__(self, compute_precision: str | None = None):
         """``compute_precision``: "float16" or "float32"; None decides from the recipe (see module docstring)."""
@@ -64,6 +65,19 @@ class CoreMLExporter:
                     f"{where}: fp32 weights are stored fp16 (Core ML keeps float weights at compute precision)"
                 )
         return lines
+
+    def interface(self, artifact: Artifact) -> dict | None:
+        d = artifact.details
+        if "states" not in d:
+            return None  # an artifact.json from before the states were recorded
+        dtype = "float16" if d.get("compute_precision", "float16") == "float16" else "float32"
+        return {
+            "inputs": [{"name": INPUTS[0], "dtype": "int32", "shape": [1, "query_length"]},
+                       {"name": INPUTS[1], "dtype": dtype, "shape": [1, 1, "query_length", "end_step"]}],
+            "outputs": [{"name": "logits", "dtype": dtype, "shape": [1, "query_length", "vocab_size"]}],
+            "states": [{"name": n, "dtype": "float16", "shape": shape} for n, shape in d.get("states", {}).items()],
+            "tokenizer": "tokenizer/tokenizer.json",
+        }  # fmt: skip
 
     def export(self, model, request: ExportRequest) -> Artifact:
         import torch

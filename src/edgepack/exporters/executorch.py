@@ -46,12 +46,29 @@ class ExecuTorchExporter:
     # (executorch_model.ZeroPointLinear), so the .pte computes the recipe's own codes.
     zero_points = True
     float_zero_points = True
+    requires = {"runtime": "executorch", "runtime_version": "1.5", "os": {}}
 
     def unhonoured(self, recipe) -> list[str]:
         """Recipe settings this backend cannot honour, one line each with what is done instead."""
         from edgepack.quantize import unhonoured
 
         return unhonoured(recipe)
+
+    def interface(self, artifact: Artifact) -> dict | None:
+        d = artifact.details
+        if "inputs" not in d:
+            return None  # an artifact.json from before the names were recorded
+        cache = d.get("kv_cache", {})
+        dtype = (d.get("outputs") or [{}])[0].get("dtype", "float32")
+        return {
+            "inputs": d.get("inputs", []),
+            "outputs": d.get("outputs", []),
+            # inside the program, one buffer per layer (k_cache_0, ...), zeroed when the program loads
+            "states": [{"name": f"{b}_<layer>", "dtype": dtype,
+                        "shape": [1, cache.get("positions"), "num_kv_heads", "head_dim"]}
+                       for b in cache.get("buffers", [])],
+            "tokenizer": "tokenizer/tokenizer.json",
+        }  # fmt: skip
 
     def export(self, model, request: ExportRequest) -> Artifact:
         from edgepack.quantize import quantize_model

@@ -57,6 +57,7 @@ class OnnxExporter:
     runtime = "onnxruntime"
     zero_points = True
     float_zero_points = False
+    requires = {"runtime": "onnxruntime", "runtime_version": "1.20", "os": {}}  # MatMulNBits 8-bit, GatherBlockQuantized
 
     def unhonoured(self, recipe) -> list[str]:
         """Recipe settings onnxruntime cannot honour exactly, one line each with what is done instead."""
@@ -64,6 +65,22 @@ class OnnxExporter:
         for where, quant in recipe.settings():
             lines.extend(_unhonoured_setting(where, quant, recipe.dtype))
         return sorted(set(lines))
+
+    def interface(self, artifact: Artifact) -> dict | None:
+        d = artifact.details
+        if "inputs" not in d or "outputs" not in d:
+            return None  # an artifact.json from before the names were recorded
+        kv = [1, d.get("num_kv_heads"), "past_sequence_length", d.get("head_dim")]
+        dtype = "float16" if d.get("kv_dtype") == "float16" else "float32"
+        ids = [{"name": n, "dtype": "int64", "shape": [1, "sequence_length" if n != "attention_mask" else
+                                                         "total_sequence_length"]} for n in d["inputs"][:3]]  # fmt: skip
+        return {
+            "inputs": ids + [{"name": n, "dtype": dtype, "shape": kv} for n in d["inputs"][3:]],
+            "outputs": [{"name": d["outputs"][0], "dtype": dtype, "shape": [1, "sequence_length", d.get("vocab_size")]}]
+            + [{"name": n, "dtype": dtype, "shape": kv[:2] + ["total_sequence_length"] + kv[3:]} for n in d["outputs"][1:]],
+            "states": [],  # the KV cache goes in and out as tensors (onnxruntime-genai's layout)
+            "tokenizer": str(Path(artifact.path).parent / "tokenizer.json"),
+        }  # fmt: skip
 
     def export(self, model, request: ExportRequest) -> Artifact:
         start = time.perf_counter()
