@@ -62,3 +62,31 @@ def test_bad_device_state_is_reported_with_every_problem():
     assert "thermal_state: Input should be 'nominal', 'fair', 'serious' or 'critical'" in text
     assert "battery_level: Input should be less than or equal to 1" in text
     assert "wifi: unknown key" in text
+
+
+SELECTION = SCHEMAS_DIR.parent / "conformance" / "selection" / "selection.json"
+
+
+def _selection():
+    return json.loads(SELECTION.read_text())
+
+
+@pytest.mark.parametrize("case", _selection()["cases"], ids=[c["name"] for c in _selection()["cases"]])
+def test_device_selection_vector(case):
+    """An app reads its platform, OS version, RAM and machine id, and picks its entry by the manifest's rule."""
+    from edgepack.router import Hardware, select
+
+    entry = select(_selection()["devices"], Hardware(**case["hardware"]))
+    assert (entry and entry["device"]) == case["expected"]
+
+
+def test_selection_vectors_hold_the_shipped_profiles_rules_in_evaluation_order():
+    from edgepack.devices import available, load_device
+    from edgepack.router.select import selection_order
+
+    devices = _selection()["devices"]
+    assert selection_order(devices) == devices
+    shipped = {d["device"]: d["match"] for d in devices if d["device"] in available()}
+    assert shipped == {name: load_device(name).match() for name in available()}
+    expected = {c["expected"] for c in _selection()["cases"]}
+    assert set(available()) | {None} <= expected | {"pinned-ipad-pro"}  # every profile is selected by some case

@@ -55,7 +55,7 @@ def test_a_profile_with_typos_reports_every_problem_with_file_key_and_allowed_ke
     assert str(path) in text
     assert "os.min_verison: unknown key; allowed keys: min_version, name" in text
     assert (
-        "memroy: unknown key; allowed keys: accelerators, display_name, memory, name, os, runtimes, soc"
+        "memroy: unknown key; allowed keys: accelerators, display_name, machine_ids, memory, name, os, runtimes, soc"
         in text
     )
     assert "memory: required key is missing" in text

@@ -115,6 +115,28 @@ def test_route_sends_a_prompt_past_the_on_device_context_to_the_default_cloud(on
     assert decision["candidates"][0]["model"] == "mistralai/Mistral-7B-Instruct-v0.3:fastest"
 
 
+def test_route_chooses_the_devices_entry_from_hardware_facts(onnx_export, tmp_path):
+    """An app passes what it reads of its device; the manifest's selection table (in evaluation order) picks the
+    entry, and with it the artifact; no entry matching means no artifact, so the default fallback goes to the cloud."""
+    _, out, _ = onnx_export
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["device_selection"].startswith("The first entry of devices")
+    (tmp_path / "request.json").write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}))
+
+    def route(hardware):
+        (tmp_path / "state.json").write_text(json.dumps({"hardware": hardware}))
+        result = CliRunner().invoke(main, ["route", "--manifest", str(out), "--device-state", str(tmp_path / "state.json"),
+                                           "--request", str(tmp_path / "request.json"), "--dry-run"])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["decision"]
+
+    s24 = route({"platform": "android", "os_version": "14", "ram_bytes": 7_600_000_000, "machine_id": "SM-S921B"})
+    assert s24["route"] == "on_device" and s24["artifact"] == "onnx/model.onnx" and s24["device"] == "galaxy-s24"
+    old = route({"platform": "ios", "os_version": "16.7", "ram_bytes": 4_000_000_000})
+    assert old["route"] == "cloud" and old["triggers"] == ["no_artifact"]
+    assert "no devices entry matches ios 16.7, 4.0 GB RAM" in old["reasons"][0]
+
+
 def test_parity_on_a_folder_without_artifacts(tmp_path):
     (tmp_path / "export.json").write_text("{}")
     result = CliRunner().invoke(main, ["parity", str(tmp_path)])

@@ -43,7 +43,8 @@ PHONES = ["iphone-15-pro", "iphone-13", "galaxy-s24", "pixel-8-pro", "android-mi
 
 
 def reference_int4_block128_bytes(cfg) -> int:
-    """int4 linear layers with an fp32 scale per 128 weights, int8 per-row embedding and lm_head, fp32 norms."""
+    """As the .pte stores it: int4 linear layers with an fp32 scale and an fp32 zero-point correction per 128
+    weights (ZeroPointLinear), int8 per-row embedding and lm_head, fp32 norms."""
     h, kv = (
         cfg["hidden_size"],
         cfg["num_key_value_heads"] * (cfg["hidden_size"] // cfg["num_attention_heads"]),
@@ -52,7 +53,7 @@ def reference_int4_block128_bytes(cfg) -> int:
     linear = cfg["num_hidden_layers"] * per_layer
     table = cfg["vocab_size"] * h + cfg["vocab_size"] * 4  # int8 values + one fp32 scale per row
     norms = (2 * cfg["num_hidden_layers"] + 1) * h * 4
-    return linear // 2 + linear // 128 * 4 + 2 * table + norms
+    return linear // 2 + 2 * (linear // 128 * 4) + 2 * table + norms
 
 
 def reference_max_context(cfg, weights: int, budget: int) -> int:
@@ -146,11 +147,14 @@ def test_recipe_order_is_the_preference_and_targets_can_be_restricted():
 
 def test_devices_section_has_the_manifest_shape():
     plans = plan(LARGE, ["galaxy-s24", "iphone-13"])
+    s24, iphone = load_device("galaxy-s24").match(), load_device("iphone-13").match()
     assert devices_section(plans) == [
         {"device": "galaxy-s24", "artifact": "executorch", "cloud_only": False, "reason": plans[0].reason,
-         "max_context": plans[0].max_context},
-        {"device": "iphone-13", "artifact": None, "cloud_only": True, "reason": plans[1].reason, "max_context": None},
+         "max_context": plans[0].max_context, "match": s24},
+        {"device": "iphone-13", "artifact": None, "cloud_only": True, "reason": plans[1].reason, "max_context": None,
+         "match": iphone},
     ]  # fmt: skip
+    assert s24 == {"platform": "android", "min_os_version": "14", "min_ram_bytes": int(8 * 0.85 * GIB), "machine_ids": []}
 
 
 def test_plan_of_an_export_folder_uses_the_artifact_bytes_and_its_max_seq_len(tmp_path):

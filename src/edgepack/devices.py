@@ -18,6 +18,7 @@ from edgepack.config import Strict, load, shipped_or_path
 from edgepack.paths import shipped_dir
 
 GIB = 1 << 30
+RAM_REPORTED = 0.85  # share of the marketed RAM a device is sure to report (ProcessInfo.physicalMemory, totalMem)
 Runtime = Literal["coreml", "executorch-xnnpack", "onnxruntime"]
 Accelerator = Literal["cpu", "gpu", "ane", "npu", "dsp"]
 
@@ -75,6 +76,11 @@ class Device(Strict):
     memory: MemorySpec
     runtimes: list[Runtime] = Field(min_length=1, description="preferred first")
     accelerators: list[Accelerator] = Field(min_length=1)
+    machine_ids: list[str] = Field(
+        default_factory=list,
+        description="optional: the hardware identifiers this profile alone stands for (iOS utsname.machine such "
+        "as 'iPhone16,1'; Android Build.MODEL such as 'SM-S921B'); empty = any device of this platform, OS and RAM",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Device:
@@ -83,6 +89,13 @@ class Device(Strict):
         if "coreml" in self.runtimes and self.os.name != "ios":
             raise ValueError(f"coreml runs only on ios, not {self.os.name}")
         return self
+
+    def match(self) -> dict:
+        """The manifest's selection rule for this profile (see ``edgepack.router.select``): the platform, the OS
+        version and the physical RAM a device reports, optionally its machine identifier. RAM is the profile's
+        times ``RAM_REPORTED``: an 8 GB phone reports less than 8 GiB (the OS and firmware keep some)."""
+        return {"platform": self.os.name, "min_os_version": self.os.min_version,
+                "min_ram_bytes": int(self.memory.ram_gb * RAM_REPORTED * GIB), "machine_ids": list(self.machine_ids)}  # fmt: skip
 
     def budget(self, extended: bool = False) -> int:
         """Bytes a model may take: the app limit (extended if asked and available) minus the headroom."""

@@ -121,6 +121,7 @@ def path_digest(root: Path, rel: str, entries: list[dict]) -> str:
 def build_manifest(export_root: str | Path, fallback=None, devices=None) -> dict:
     """The manifest of an export folder, validated against the schema (``fallback``: a ``Fallback`` or None)."""
     from edgepack.fallback import default, disabled
+    from edgepack.router.select import RULE, selection_order
 
     root = Path(export_root)
     export = _read_json(root / "export.json", "is it an edgepack export folder?")
@@ -144,7 +145,8 @@ def build_manifest(export_root: str | Path, fallback=None, devices=None) -> dict
         "generation": _generation(root, ckpt, export),
         "recipe": {"name": export["recipe"]["name"], "digest": export.get("recipe_digest", "")},
         "artifacts": artifacts,
-        "devices": _devices(devices or [], artifacts),
+        "devices": selection_order(_devices(devices or [], artifacts)),
+        "device_selection": RULE,
         "fallback": _fallback(fallback, ckpt, default, disabled),
     }
     validate_manifest(manifest, str(root / MANIFEST_FILE))

@@ -11,6 +11,8 @@ cloud-only with the reason. Memory comes from ``edgepack.memory`` (formula in it
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ class DevicePlan:
     estimate: Estimate | None = None  # at max_context, for the chosen candidate
     extended: str | None = None  # the requirement of the extended limit the plan relies on, if any
     artifact: str | None = None  # the chosen artifact's path, when planning an export folder
+    match: dict | None = None  # the device's selection rule (Device.match)
 
     @property
     def cloud_only(self) -> bool:
@@ -92,7 +95,8 @@ def plan(
         for t in targets
         for fp in [footprint(config, r, t, num_parameters)]
     ]
-    return [choose(device, candidates, min_context) for device in _devices(devices)]
+    return [dataclasses.replace(choose(device, candidates, min_context), match=device.match())
+            for device in _devices(devices)]  # fmt: skip
 
 
 def plan_export(
@@ -106,7 +110,8 @@ def plan_export(
         Candidate(art.recipe, art.target, fp, art.max_seq_len, art.path)
         for art, fp in artifact_footprints(folder)
     ]
-    return [choose(device, candidates, min_context) for device in _devices(devices)]
+    return [dataclasses.replace(choose(device, candidates, min_context), match=device.match())
+            for device in _devices(devices)]  # fmt: skip
 
 
 def choose(device: Device, candidates: list[Candidate], min_context: int = MIN_CONTEXT) -> DevicePlan:
@@ -185,6 +190,7 @@ def devices_section(plans: list[DevicePlan]) -> list[dict]:
             "cloud_only": p.cloud_only,
             "reason": p.reason,
             "max_context": p.max_context or None,
+            **({"match": p.match} if p.match else {}),
         }
         for p in plans
     ]

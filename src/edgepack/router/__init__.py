@@ -10,22 +10,32 @@ from __future__ import annotations
 from edgepack.config import validate
 from edgepack.errors import ConfigError
 from edgepack.router.decision import Decision, DeviceState, Request, decide
+from edgepack.router.select import Hardware, select
 
 
 def device_state(manifest: dict, state: dict) -> DeviceState:
     """A DeviceState with its artifact filled from the manifest when the state names it.
 
     ``artifact`` may be a full object, an artifact path or target from the manifest, or absent: then the
-    manifest's ``devices`` entry for ``device`` picks it (null when that device is cloud-only).
+    manifest's ``devices`` entry for ``device`` picks it (null when that device is cloud-only). Instead of
+    ``device``, a state may give ``hardware`` (platform, OS version, RAM, machine id): the entry is then chosen
+    by the manifest's selection rule (``edgepack.router.select``); none matching means no artifact.
     """
     if not isinstance(state, dict):
         raise ConfigError("device state", [f"expected a mapping at the top level, got {type(state).__name__}"])
     state = dict(state)
+    if state.get("hardware") is not None and state.get("device") is None:
+        hardware = validate(Hardware, state["hardware"], "device state: hardware")
+        entry = select(manifest["devices"], hardware)
+        if entry is None:
+            state["device"], state["artifact"] = f"no devices entry matches {hardware.describe()}", None
+        else:
+            state["device"] = entry["device"]
     artifacts = {a["path"]: a for a in manifest["artifacts"]} | {
         a["target"]: a for a in manifest["artifacts"]
     }
     profiles = {d["device"]: d for d in manifest["devices"]}
-    ref = state.get("artifact", _from_profile(profiles, state.get("device")))
+    ref = state["artifact"] if "artifact" in state else _from_profile(profiles, state.get("device"))
     if isinstance(ref, str):
         if ref not in artifacts:
             raise ConfigError(
@@ -54,4 +64,4 @@ def route(manifest: dict, state: dict, request: dict) -> Decision:
     return decide(manifest["fallback"], device_state(manifest, state), validate(Request, request, "request"))
 
 
-__all__ = ["Decision", "DeviceState", "Request", "decide", "device_state", "route"]
+__all__ = ["Decision", "DeviceState", "Hardware", "Request", "decide", "device_state", "route", "select"]

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from edgepack.config import Strict, validate
 from edgepack.fallback import THERMAL_STATES
+from edgepack.router.select import Hardware
 
 HARD = ("no_artifact", "not_downloaded", "context_overflow", "low_memory", "runtime_error")
 SOFT = ("thermal_state", "low_power_mode", "battery_below")
@@ -38,6 +39,7 @@ class ArtifactView(Strict):
 
 class DeviceState(Strict):
     device: str | None = None
+    hardware: Hardware | None = None  # what the device reported, when ``device`` was chosen from it
     artifact: ArtifactView | None = None  # what this device would run; null = none fits it
     artifact_downloaded: bool = True
     free_memory_bytes: int | None = Field(None, ge=0)  # null = unknown: never triggers low_memory
@@ -74,6 +76,7 @@ class Decision:
     cloud_blockers: list[str] = field(default_factory=list)  # why the cloud is not usable
     candidates: list[dict] = field(default_factory=list)  # for cloud: model strings to try, in order
     reasons: list[str] = field(default_factory=list)
+    device: str | None = None  # the device entry decided for (chosen from hardware facts when given)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +105,7 @@ def decide(fallback: dict, device: DeviceState | dict, request: Request | dict) 
         cloud_blockers=cloud_blockers,
         candidates=list(fallback["candidates"]) if route == "cloud" else [],
         reasons=reasons + [_SUMMARY[(fallback["mode"], route)]],
+        device=device.device,
     )
 
 
