@@ -95,18 +95,38 @@ def test_verify_on_the_bundle_out_folder_verifies_every_bundle_in_it(export, tmp
     assert "android" not in failed.output.split("error:", 1)[1]
 
 
+def test_bundles_store_the_tokenizer_once_and_split_per_runtime(export, tmp_path):
+    """The Android bundle keeps one copy of each tokenizer file (ONNX's genai folder holds them; the manifest points
+    there); --runtime writes a bundle of one runtime's artifacts, which verifies on its own."""
+    out = _bundle(export, tmp_path / "all")
+    android = json.loads((out / "android/manifest.json").read_text())
+    runtime_files = android["tokenizer"]["runtime_files"]
+    assert all((out / "android" / path).is_file() for path in runtime_files.values())
+    names = [p.name for p in (out / "android").rglob("tokenizer.json")]
+    assert names == ["tokenizer.json"]  # once
+    pte = _bundle(export, tmp_path / "pte", "--platform", "android", "--runtime", "executorch")
+    manifest = json.loads((pte / "android/manifest.json").read_text())
+    assert [a["target"] for a in manifest["artifacts"]] == ["executorch"]
+    assert manifest["bundle"] == {"platform": "android", "runtime": "executorch"}
+    assert not (pte / "android/onnx").exists() and (pte / "android/tokenizer/tokenizer.json").is_file()
+    assert _verify(pte).exit_code == 0
+    refused = CliRunner().invoke(main, ["bundle", str(export), "--out", str(tmp_path / "x"), "--platform", "ios",
+                                        "--runtime", "executorch"])  # fmt: skip
+    assert refused.exit_code == 2 and "ios bundles hold coreml artifacts; --runtime executorch has none" in refused.output
+
+
 def test_verify_fails_on_planted_token(export, tmp_path):
     out = _bundle(export, tmp_path / "b")
     config = out / "android/onnx/genai_config.json"
     config.write_text(config.read_text().replace('"model"', f'"api": "{HF_TOKEN}", "model"', 1))
     (out / "android/notes.txt").write_text("curl -H 'Authorization: Bearer abcdefgh12345678' ...")
-    pem = out / "android/tokenizer/tokenizer.json"
+    pem = out / "android/onnx/tokenizer.json"
     pem.write_bytes(pem.read_bytes() + b"\n-----BEGIN RSA PRIVATE KEY-----\n")
     result = _verify(out / "android")
     assert result.exit_code == 1
     assert "onnx/genai_config.json (byte 12): Hugging Face token 'hf_Zq3...' (39 chars)" in result.output
     assert "notes.txt (byte 9): Authorization header" in result.output
-    assert "tokenizer/tokenizer.json" in result.output and "private key" in result.output
+    assert "onnx/tokenizer.json" in result.output and "private key" in result.output
     assert "notes.txt: not listed in the manifest" in result.output
     assert HF_TOKEN not in result.output
 
@@ -186,14 +206,14 @@ def test_verify_flags_links_and_never_follows_them(export, tmp_path):
     outside.mkdir()
     (outside / "leak.txt").write_text(f"token {HF_TOKEN}")
     (android / "extra").symlink_to(outside, target_is_directory=True)
-    listed = android / "tokenizer/tokenizer.json"
+    listed = android / "onnx/tokenizer.json"
     (outside / "tokenizer.json").write_bytes(listed.read_bytes())  # same bytes: the digest alone would pass
     listed.unlink()
     listed.symlink_to(outside / "tokenizer.json")
     result = _verify(android)
     assert result.exit_code == 1
     assert f"extra: a symbolic link (to {outside})" in result.output
-    assert f"tokenizer/tokenizer.json: a symbolic link (to {outside / 'tokenizer.json'})" in result.output
+    assert f"onnx/tokenizer.json: a symbolic link (to {outside / 'tokenizer.json'})" in result.output
     assert "leak.txt" not in result.output, "a linked folder is flagged, not walked"
     with pytest.raises(VerifyError, match="a symbolic link"):  # bundle refuses a linked export file as well
         export_copy = shutil.copytree(export, tmp_path / "e", symlinks=True)

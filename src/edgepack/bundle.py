@@ -1,7 +1,9 @@
 """``edgepack bundle``: per-platform app bundles (a folder and a zip each) from an export folder.
 
-iOS gets the Core ML package, Android the .pte and the ONNX model; both get the tokenizer and a manifest
-narrowed to their artifacts. Identical inputs give byte-identical outputs: files in sorted order, fixed
+iOS gets the Core ML package, Android the .pte and the ONNX model (``runtime``: only one runtime's artifacts);
+both get the tokenizer and a manifest narrowed to their artifacts. A tokenizer file with a byte-identical copy among
+the bundle's artifact files (the ONNX genai folder holds tokenizer.json and its config) is stored once, there: the
+manifest's tokenizer section points at that copy. Identical inputs give byte-identical outputs: files in sorted order, fixed
 timestamps and permissions, a fixed compression level. The export is checked against its manifest before
 anything is copied, and OUT appears all at once (``edgepack.atomic``).
 """
@@ -19,6 +21,7 @@ from edgepack.errors import ManifestError, ParityError, VerifyError
 from edgepack.manifest import MANIFEST_FILE, read_manifest, validate_manifest, write_json_atomic
 
 PLATFORMS = {"ios": ("coreml",), "android": ("executorch", "onnx")}
+RUNTIMES = ("coreml", "executorch", "onnxruntime")
 EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry can hold
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -35,13 +38,16 @@ class Bundle:
 
 def write_bundle(
     export_root: str | Path, out: str | Path, platform: str = "all", *, force: bool = False,
-    allow_failed_parity: bool = False, say=lambda message: None,
+    allow_failed_parity: bool = False, runtime: str | None = None, say=lambda message: None,
 ) -> list[Bundle]:  # fmt: skip
-    """Write OUT/<platform>/ and OUT/<platform>.zip for each platform; returns what was written."""
+    """Write OUT/<platform>/ and OUT/<platform>.zip for each platform (holding only ``runtime``'s artifacts when
+    given); returns what was written."""
     from edgepack.verify import check_files
 
     root, out = Path(export_root), Path(out)
     manifest = read_manifest(root)
+    if runtime is not None:
+        manifest = _one_runtime(manifest, runtime, platform, root)
     problems = check_files(root, manifest)
     if problems:
         raise VerifyError(
@@ -79,6 +85,19 @@ def _platforms(platform: str, manifest: dict, root: Path) -> list[str]:
     return usable
 
 
+def _one_runtime(manifest: dict, runtime: str, platform: str, root: Path) -> dict:
+    if runtime not in RUNTIMES:
+        raise ManifestError(f"Unknown runtime {runtime!r}. Choose {', '.join(RUNTIMES)}.")
+    artifacts = [a for a in manifest["artifacts"] if a["runtime"] == runtime]
+    if platform in PLATFORMS and not {a["target"] for a in artifacts} & set(PLATFORMS[platform]):
+        raise ManifestError(f"{platform} bundles hold {', '.join(PLATFORMS[platform])} artifacts; --runtime {runtime} "
+                            "has none of them. Choose another --platform or --runtime.")  # fmt: skip
+    if not artifacts:
+        have = ", ".join(sorted({a["runtime"] for a in manifest["artifacts"]}))
+        raise ManifestError(f"{root} has no {runtime} artifact (it has {have}). Export the target that runs on it.")
+    return {**manifest, "artifacts": artifacts, "bundle_runtime": runtime}
+
+
 def _check_parity(manifest: dict, platforms: list[str], allow_failed: bool) -> None:
     targets = {t for p in platforms for t in PLATFORMS[p]}
     failed = [
@@ -95,12 +114,33 @@ def _check_parity(manifest: dict, platforms: list[str], allow_failed: bool) -> N
 
 def platform_manifest(manifest: dict, platform: str) -> dict:
     """The manifest narrowed to one platform's artifacts (and the devices that use them or the cloud)."""
+    manifest = dict(manifest)
+    runtime = manifest.pop("bundle_runtime", None)
     artifacts = [a for a in manifest["artifacts"] if a["target"] in PLATFORMS[platform]]
     paths = {a["path"] for a in artifacts}
     devices = [d for d in manifest["devices"] if d["artifact"] is None or d["artifact"] in paths]
-    narrowed = {**manifest, "artifacts": artifacts, "devices": devices, "bundle": {"platform": platform}}
+    bundle = {"platform": platform, **({"runtime": runtime} if runtime else {})}
+    narrowed = {**manifest, "artifacts": artifacts, "devices": devices, "bundle": bundle,
+                "tokenizer": _tokenizer_once(manifest["tokenizer"], artifacts)}  # fmt: skip
     validate_manifest(narrowed, f"{platform} manifest")
     return narrowed
+
+
+def _tokenizer_once(tokenizer: dict, artifacts: list[dict]) -> dict:
+    """The tokenizer section with each file that an artifact also holds, byte for byte under the same name, listed
+    there only: the bundle stores it once."""
+    copies = {(f["sha256"], Path(f["path"]).name): f["path"] for a in artifacts for f in a["files"]}
+    moved = {e["path"]: copies[(e["sha256"], Path(e["path"]).name)] for e in tokenizer["files"]
+             if (e["sha256"], Path(e["path"]).name) in copies}  # fmt: skip
+    if not moved:
+        return tokenizer
+    out = {**tokenizer, "files": [e for e in tokenizer["files"] if e["path"] not in moved]}
+    if tokenizer.get("runtime_files"):
+        out["runtime_files"] = {k: moved.get(v, v) for k, v in tokenizer["runtime_files"].items()}
+    if tokenizer.get("chat_template"):
+        out["chat_template"] = {**tokenizer["chat_template"], "path": moved.get(tokenizer["chat_template"]["path"],
+                                                                              tokenizer["chat_template"]["path"])}  # fmt: skip
+    return out
 
 
 def _write_platform(root: Path, manifest: dict, platform: str, tmp: Path) -> Bundle:

@@ -19,18 +19,20 @@ from edgepack.cli._common import handle_errors, print_json
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False), help="Folder to write (created atomically)."
 )
+@click.option("--runtime", type=click.Choice(["coreml", "executorch", "onnxruntime"]), default=None,
+              help="Only this runtime's artifacts (e.g. an Android app that ships ExecuTorch alone).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option(
     "--allow-failed-parity", is_flag=True, help="Bundle artifacts that failed parity (verify still fails)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 @handle_errors
-def bundle(export_dir, platform, out, force, allow_failed_parity, as_json):
+def bundle(export_dir, platform, out, runtime, force, allow_failed_parity, as_json):
     """Write OUT/<platform>/ and OUT/<platform>.zip from the export folder EXPORT_DIR."""
     from edgepack.bundle import write_bundle
 
     written = write_bundle(export_dir, out, platform, force=force, allow_failed_parity=allow_failed_parity,
-                           say=lambda message: click.echo(message, err=True))  # fmt: skip
+                           runtime=runtime, say=lambda message: click.echo(message, err=True))  # fmt: skip
     if as_json:
         return print_json([{**vars(b), "folder": str(b.folder), "zip": str(b.zip)} for b in written])
     for b in written:
