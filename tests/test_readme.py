@@ -1,0 +1,40 @@
+"""The README's "Run your artifacts" snippets, run verbatim against a real export of SmolLM2 (slow tier).
+
+The snippets name ``artifacts/demo`` (``make demo``'s output); the test points that one line at the session's
+SmolLM2 int4-block32 export (the same model, recipe and targets) and runs each Python block as a user would, in a
+fresh interpreter."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+DEMO_LINE = 'export = "artifacts/demo"'
+
+
+def python_snippets() -> list[str]:
+    text = README.read_text()
+    section = text.split("## Run your artifacts", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_the_readme_shows_every_runtime():
+    snippets = python_snippets()
+    assert len(snippets) == 2 and all(DEMO_LINE in s for s in snippets)
+    assert "TextLLMRunner" in snippets[0] and "onnxruntime_genai" in snippets[1]
+    assert "```swift" in README.read_text().split("## Run your artifacts", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", [0, 1], ids=["executorch-llm-runner", "onnxruntime-genai"])
+def test_readme_snippet_answers_paris(smollm2_int4, index):
+    code = python_snippets()[index].replace(DEMO_LINE, f"export = {str(smollm2_int4)!r}")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    print(f"\nsnippet {index}: {proc.stdout!r}")
+    assert "Paris" in proc.stdout
