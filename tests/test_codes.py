@@ -102,22 +102,6 @@ def test_gptq_on_a_tiny_model_beats_round_to_nearest_end_to_end(tiny_checkpoint,
     assert book.meta["calibration"]["windows"] == [8, 64] and len(book.meta["layer_seconds"]) == 2
 
 
-def test_calibration_windows_start_where_prompts_start():
-    """Windows begin at document starts (a prompt's first positions are what mid-stream windows never show GPTQ),
-    then fill up at evenly spaced starts; each window runs on into the following documents."""
-    from edgepack.codes.calibration import windows
-
-    docs = [[1000 + d] + list(range(d * 100, d * 100 + 39)) for d in range(4)]  # 4 documents of 40 ids, BOS-like head
-    ids = [i for d in docs for i in d]
-    batch = windows(docs, 6, 50)
-    assert batch.shape == (6, 50)
-    assert [int(w[0]) for w in batch[:3]] == [1000, 1001, 1002]  # the 4th document's start has no 50 ids after it
-    assert batch[0].tolist() == ids[:50]  # runs on into the second document
-    fill = [ids.index(int(w[0])) for w in batch[3:]]
-    assert fill == sorted(fill) and len(set(fill)) == 3 and max(fill) <= len(ids) - 50
-    assert [int(w[0]) for w in windows(docs, 2, 30)] == [1000, 1002]  # more starts than samples: evenly chosen
-
-
 def test_code_book_is_cached_by_weights_recipe_and_calibration(tiny_checkpoint, tmp_path, monkeypatch):
     from edgepack.checkpoint import resolve
     from edgepack.codes.calibration import load_calibration

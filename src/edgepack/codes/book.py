@@ -22,7 +22,7 @@ import torch
 from edgepack.atomic import remove_stale, sibling
 from edgepack.codes.core import Codes, rtn
 
-VERSION = 3  # bump when the codes' definition changes: old cache entries are then never read
+VERSION = 2  # bump when the codes' definition changes: old cache entries are then never read
 INDEX = "index.json"
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
@@ -121,12 +121,11 @@ def _compute(checkpoint, recipe, tokenizer, calibration, out: Path, say) -> None
     meta: dict = {"version": VERSION, "method": recipe.method.describe(), "recipe": recipe.name}
     if recipe.method.calibrated:
         from edgepack.codes.calibrate import calibrate_layers
-        from edgepack.codes.calibration import token_documents, windows
+        from edgepack.codes.calibration import token_stream, windows
 
-        docs = token_documents(calibration, tokenizer)
-        ids = [i for d in docs for i in d]
+        ids = token_stream(calibration, tokenizer)
         seq_len = min(recipe.method.seq_len, checkpoint.context_length)  # never past the positions it was trained on
-        batch = windows(docs, recipe.method.samples, seq_len, calibration.source)
+        batch = windows(ids, recipe.method.samples, seq_len, calibration.source)
         distinct = min(1.0, len(ids) / batch.numel())
         meta["calibration"] = {**calibration.record(), "tokens": len(ids), "windows": list(batch.shape),
                                "distinct_share": round(distinct, 3)}  # fmt: skip

@@ -7,13 +7,9 @@ Files (``--calibration FILE``):
 The built-in set (``edgepack/data/calibration/builtin.jsonl``) was written for edgepack and ships under the
 project's Apache-2.0 licence: prose on varied subjects, chat exchanges, code and lists.
 
-Windows: every document is tokenized (BOS first where the tokenizer has one) and the documents are concatenated in
-order. Windows start at document starts first, then at evenly spaced starts for the rest of ``samples``; each runs
-``seq_len`` ids on into the following documents. Why document starts: an app's prompt starts a sequence (BOS or the
-chat template), and the first positions of a sequence carry activations (the attention sink) that windows cut from
-the middle of a stream never show GPTQ. On SmolLM2 int4-block32, 64 windows of 128 tokens so placed took the parity
-prompts' KL from 0.145 to 0.103 against 32 mid-stream windows of 256, and the long text's from 0.076 to 0.071.
-Windows overlap when the text is shorter than ``samples * seq_len`` (the record reports the share of distinct tokens).
+Windows: every document is tokenized (BOS first where the tokenizer has one), the documents are concatenated in
+order, and ``samples`` windows of ``seq_len`` ids are taken at evenly spaced starts (overlapping when the text is
+shorter than ``samples * seq_len``, which the record reports as the share of distinct tokens).
 """
 
 from __future__ import annotations
@@ -90,40 +86,29 @@ def _messages_ok(messages) -> bool:
     )
 
 
-def token_documents(calibration: Calibration, tokenizer) -> list[list[int]]:
-    """Each document's ids: chat ones through the chat template (plain, BOS first, when the model has none)."""
+def token_stream(calibration: Calibration, tokenizer) -> list[int]:
+    """All documents' ids in order: chat ones through the chat template (skipped when the model has none)."""
     bos = tokenizer.token_id("bos")
-    head = [bos] if bos is not None else []
-    docs: list[list[int]] = []
+    ids: list[int] = []
     for doc in calibration.documents:
         if isinstance(doc, str):
-            docs.append(head + tokenizer.encode(doc))
+            part = tokenizer.encode(doc)
+            ids += ([bos] if bos is not None else []) + part
         elif tokenizer.chat_template:
             messages = [{"role": r, "content": c} for r, c in doc]
-            docs.append(tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=False)))
+            ids += tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=False))
         else:
-            docs.append(head + tokenizer.encode("\n\n".join(c for _, c in doc)))
-    return [d for d in docs if d]
+            ids += ([bos] if bos is not None else []) + tokenizer.encode("\n\n".join(c for _, c in doc))
+    return ids
 
 
-def windows(docs: list[list[int]], samples: int, seq_len: int, source: str = "calibration"):
-    """``samples`` windows [samples, seq_len] (torch int64) over the concatenated ``docs``: at document starts
-    first (evenly chosen among them when there are more than ``samples``), then at evenly spaced starts."""
+def windows(ids: list[int], samples: int, seq_len: int, source: str = "calibration"):
+    """``samples`` windows [samples, seq_len] (torch int64) at evenly spaced starts over ``ids``."""
     import torch
 
-    ids = [i for d in docs for i in d]
     if len(ids) < MIN_TOKENS:
         raise ConfigError(source, [f"calibration text is {len(ids)} tokens; at least {MIN_TOKENS} are needed"])
     seq_len = min(seq_len, len(ids))
     span = len(ids) - seq_len
-    doc_starts, at = [], 0
-    for d in docs:
-        if at <= span:
-            doc_starts.append(at)
-        at += len(d)
-    if len(doc_starts) >= samples:
-        starts = [doc_starts[i * len(doc_starts) // samples] for i in range(samples)]
-    else:
-        rest = samples - len(doc_starts)
-        starts = doc_starts + [round((i + 0.5) * span / rest) for i in range(rest)]
+    starts = [round(i * span / max(samples - 1, 1)) for i in range(samples)]
     return torch.tensor([ids[s : s + seq_len] for s in starts], dtype=torch.int64)
