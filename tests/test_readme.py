@@ -17,17 +17,19 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 DEMO_LINE = 'export = "artifacts/demo"'
 
 
+def section() -> str:
+    return README.read_text().split("## Run your artifacts", 1)[1].split("\n## ", 1)[0]
+
+
 def python_snippets() -> list[str]:
-    text = README.read_text()
-    section = text.split("## Run your artifacts", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", section(), flags=re.S)
 
 
 def test_the_readme_shows_every_runtime():
     snippets = python_snippets()
     assert len(snippets) == 2 and all(DEMO_LINE in s for s in snippets)
     assert "TextLLMRunner" in snippets[0] and "onnxruntime_genai" in snippets[1]
-    assert "```swift" in README.read_text().split("## Run your artifacts", 1)[1].split("\n## ", 1)[0]
+    assert "```swift" in section()
 
 
 @pytest.mark.slow
