@@ -10,7 +10,7 @@ import json
 import random
 from pathlib import Path
 
-from edgepack.exporters import Artifact
+from edgepack.backends import Artifact
 
 SMOLLM2 = {
     "source": "HuggingFaceTB/SmolLM2-135M-Instruct",

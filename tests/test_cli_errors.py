@@ -49,6 +49,8 @@ def _damage(kind, model, tmp_path):
         return ["--max-seq-len", "100000"]
     elif kind == "unknown target":
         return ["--target", "tflite"]
+    elif kind == "max-seq-len below a target's minimum":
+        return ["--target", "onnx,executorch", "--max-seq-len", "2"]
     return []
 
 
@@ -62,6 +64,7 @@ CASES = {
     "misspelled recipe key": "lm_haed: unknown key; allowed keys: description, dtype, embedding, lm_head",
     "max-seq-len beyond context": "exceeds the model's context length (256). Pass --max-seq-len 256 or less",
     "unknown target": "Unknown target 'tflite'. Supported: ",
+    "max-seq-len below a target's minimum": "--max-seq-len must be at least 3 for executorch, got 2.",
 }
 
 

@@ -142,8 +142,8 @@ def test_matmul_nbits_computes_exactly_the_dequantized_codes(symmetric, group, b
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgepack.exporters.onnx import NBits, _block
-    from edgepack.exporters.onnx_weights import _pack_rows, _pack_zero_points, in_blocks
+    from edgepack.backends.onnx.exporter import NBits, _block
+    from edgepack.backends.onnx.weights import _pack_rows, _pack_zero_points, in_blocks
 
     n, k = 24, 96
     weight = torch.randn(n, k, generator=torch.Generator().manual_seed(3))
@@ -231,8 +231,8 @@ def test_onnx_holds_exactly_the_books_codes(gptq_export):
     import onnx
     from onnx import numpy_helper
 
-    from edgepack.exporters.onnx import module_of
-    from edgepack.exporters.onnx_weights import in_blocks
+    from edgepack.backends.onnx.exporter import module_of
+    from edgepack.backends.onnx.weights import in_blocks
 
     book = books(gptq_export)[0]["zero_points"]
     proto = onnx.load(gptq_export.out / "onnx" / "model.onnx")
@@ -256,7 +256,7 @@ def test_onnx_holds_exactly_the_books_codes(gptq_export):
 def test_coreml_holds_exactly_the_books_codes(gptq_export):
     from coremltools.converters.mil.mil import types
 
-    from edgepack.parity.mil2onnx import load_program
+    from edgepack.backends.coreml.mil2onnx import load_program
 
     book = books(gptq_export)[0]["zero_points"]
     program = load_program(gptq_export.out / "coreml" / "model.mlpackage")
@@ -284,9 +284,9 @@ def test_executorch_holds_exactly_the_books_codes(gptq_export, tiny_checkpoint):
     """What the exporter hands to torch.export: torchao tensors holding the book's codes shifted to the signed
     range, and each zero point in the correction, so the module computes exactly the codes' weight."""
     from edgepack.checkpoint import resolve
-    from edgepack.exporters import find_codes
-    from edgepack.exporters.executorch_model import ZeroPointLinear
-    from edgepack.quantize import quantize_model
+    from edgepack.backends import find_codes
+    from edgepack.backends.executorch.model import ZeroPointLinear
+    from edgepack.backends.executorch.quantize import quantize_model
 
     book = books(gptq_export)[0]["zero_points"]
     recipe = load_recipe(tiny_recipe(gptq_export.out.parent))
@@ -441,7 +441,7 @@ def test_the_manifest_says_how_to_call_each_artifact_as_its_runtime_sees_it(gptq
     artifact, checked against the artifacts themselves: the ONNX graph's inputs/outputs and the Core ML program's."""
     import onnx
 
-    from edgepack.parity.mil2onnx import load_program
+    from edgepack.backends.coreml.mil2onnx import load_program
 
     manifest = json.loads((gptq_export.out / "manifest.json").read_text())
     by_target = {a["target"]: a for a in manifest["artifacts"]}

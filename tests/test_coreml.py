@@ -42,8 +42,8 @@ QUESTION = "What is the capital of France? Answer with the city's name."
 def coreml_export(tiny_checkpoint, tmp_path_factory):
     """Factory: ``coreml_export("llama", recipe="fp32", compute=None)`` -> (export root, Artifact, checkpoint)."""
     from edgepack.checkpoint import resolve
-    from edgepack.exporters import ExportRequest
-    from edgepack.exporters.coreml import CoreMLExporter
+    from edgepack.backends import ExportRequest
+    from edgepack.backends.coreml.exporter import CoreMLExporter
     from edgepack.recipes import Recipe, load_recipe
 
     built = {}
@@ -154,7 +154,7 @@ def test_fp16_option_runs_an_fp32_program_at_device_precision(coreml_export):
 
 def program_weights(package: Path) -> dict[str, np.ndarray]:
     """Module name -> the weight the saved program decompresses (what the device computes with)."""
-    from edgepack.parity.mil2onnx import load_program
+    from edgepack.backends.coreml.mil2onnx import load_program
 
     weights = {}
     for op in load_program(package).functions["main"].operations:
@@ -189,7 +189,7 @@ def eager_with_weights(path: Path, weights: dict[str, np.ndarray], ids: list[int
 def op_types(package: Path) -> dict[str, int]:
     from collections import Counter
 
-    from edgepack.parity.mil2onnx import load_program
+    from edgepack.backends.coreml.mil2onnx import load_program
 
     return Counter(op.op_type for op in load_program(package).functions["main"].operations)
 
@@ -197,7 +197,7 @@ def op_types(package: Path) -> dict[str, int]:
 def test_int4_block32_export_converts_and_runs(coreml_export):
     from coremltools.converters.mil.mil import types
 
-    from edgepack.parity.mil2onnx import load_program
+    from edgepack.backends.coreml.mil2onnx import load_program
 
     root, artifact, checkpoint = coreml_export("llama", recipe="int4-block32")
     package = root / artifact.path
@@ -229,8 +229,8 @@ def test_int4_weights_stay_packed_through_the_translation_and_past_2gb(coreml_ex
     the embedding's lookup behind a DequantizeLinear of packed int8 (a 4B program dequantized to float would need
     13.6 GB), and a translation past protobuf's limit runs from external data: forced here with the limit at 0
     bytes, it gives the same logits."""
-    from edgepack.parity.mil2onnx import translate
-    from edgepack.parity.runners import coreml as runner
+    from edgepack.backends.coreml.mil2onnx import translate
+    from edgepack.backends.coreml import runner as runner
 
     root, artifact, _ = coreml_export("llama", recipe="int4-block32")
     model = translate(root / artifact.path).model
@@ -276,7 +276,7 @@ def test_palette_rule_becomes_a_lookup_table(coreml_export):
 
 
 def test_unhonoured_rules_are_reported():
-    from edgepack.exporters import get_exporter
+    from edgepack.backends import get_exporter
     from edgepack.recipes import load_recipe
 
     exporter = get_exporter("coreml")
@@ -320,8 +320,8 @@ def test_unknown_mil_op_fails_with_every_untranslated_type(tmp_path):
     from coremltools.converters.mil import Builder as mb
 
     from edgepack.errors import ExportError
-    from edgepack.exporters import Artifact
-    from edgepack.parity.mil2onnx import UntranslatedOpsError
+    from edgepack.backends import Artifact
+    from edgepack.backends.coreml.mil2onnx import UntranslatedOpsError
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 8))], opset_version=ct.target.iOS18)
     def prog(x):
@@ -384,7 +384,7 @@ def test_smollm2_int4_block32_core_ml_parity(smollm2_int4):
     The same model with fp16 compute and no quantization: cosine 1.0, top-1 1.0, max |diff| 0.026, so the drift
     is the int4 recipe's, not the conversion's.
     """
-    from edgepack.exporters import Artifact
+    from edgepack.backends import Artifact
     from edgepack.parity import open_runner
     from edgepack.tokenizer import DeviceTokenizer
 
@@ -425,8 +425,8 @@ def test_a_hundred_stand_ins_stay_distinct_through_the_conversion(tiny_checkpoin
     on SmolLM2 (30 layers) and the export had to refuse it. 15 layers = 106 matrices: each must reach the program
     under its own name."""
     from edgepack.checkpoint import resolve
-    from edgepack.exporters import ExportRequest
-    from edgepack.exporters.coreml import CoreMLExporter
+    from edgepack.backends import ExportRequest
+    from edgepack.backends.coreml.exporter import CoreMLExporter
     from edgepack.recipes import load_recipe
 
     checkpoint = resolve(tiny_checkpoint("llama", num_hidden_layers=15, hidden_size=32, intermediate_size=64,

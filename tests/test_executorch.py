@@ -1,4 +1,4 @@
-"""The ExecuTorch target and the torch-side recipe translation (``edgepack.quantize``).
+"""The ExecuTorch target and the torch-side recipe translation (``edgepack.backends.executorch.quantize``).
 
 Every (architecture, recipe) is exported once per module (lowering to XNNPACK dominates the run time) and
 checked through the ExecuTorch Python runtime against eager transformers: fp32 within 1e-4 max abs logit
@@ -18,9 +18,9 @@ pytest.importorskip("executorch")
 
 from edgepack.checkpoint import resolve
 from edgepack.errors import ExportError, ParityError
-from edgepack.exporters import ExportRequest, get_exporter
+from edgepack.backends import ExportRequest, get_exporter
 from edgepack.parity import open_runner
-from edgepack.quantize import quantize_model, unhonoured
+from edgepack.backends.executorch.quantize import quantize_model, unhonoured
 from edgepack.recipes import Recipe, load_recipe
 
 MAX_SEQ_LEN = 64
@@ -205,7 +205,7 @@ def test_weights_past_the_threshold_go_to_a_ptd_file_and_run_the_same(exported, 
     computes (the same codes, the same kernels)."""
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-    from edgepack.exporters import executorch as et_exporter
+    from edgepack.backends.executorch import exporter as et_exporter
 
     root, single, checkpoint = exported("llama", {}, "int4-block32")
     monkeypatch.setattr(et_exporter, "EXTERNAL_DATA_BYTES", 0)
@@ -241,7 +241,7 @@ def test_lowering_shares_the_weights_instead_of_copying_them():
     second 3.9 GB at once); during edgepack's lowering the copies share the weights, and only then."""
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
-    from edgepack.exporters.executorch import _preprocess_shares_weights
+    from edgepack.backends.executorch.exporter import _preprocess_shares_weights
 
     program = torch.export.export(torch.nn.Linear(64, 64), (torch.randn(2, 64),))
     with _preprocess_shares_weights():
@@ -433,7 +433,7 @@ def test_a_long_stage_says_it_is_still_running():
     """XNNPACK's lowering is minutes of silence at 4B: a heartbeat line with the elapsed time and the estimate."""
     import time
 
-    from edgepack.exporters import heartbeat
+    from edgepack.backends import heartbeat
 
     said: list[str] = []
     with heartbeat(said.append, "lowering to XNNPACK", 420, every=0.05):

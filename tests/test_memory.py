@@ -20,7 +20,7 @@ import json, sys
 from pathlib import Path
 import torch, transformers, onnx, onnxruntime, coremltools  # noqa: F401 - imported before the baseline
 from edgepack.checkpoint import resolve
-from edgepack.exporters import ExportRequest, get_exporter
+from edgepack.backends import ExportRequest, get_exporter
 from edgepack.recipes import load_recipe
 from edgepack.weights import load_layer_streamed
 

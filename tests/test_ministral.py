@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgepack.checkpoint import resolve
-from edgepack.exporters import ExportRequest, get_exporter
+from edgepack.backends import ExportRequest, get_exporter
 from edgepack.parity import open_runner
 from edgepack.recipes import load_recipe
 
@@ -404,8 +404,8 @@ def test_executorch_llm_runner_reads_the_packaged_tekken(int4_export):
     import executorch.kernels.quantized  # noqa: F401 - quantized kernels for the runner
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-    from edgepack.exporters import Artifact
-    from edgepack.exporters.executorch_model import load_custom_ops
+    from edgepack.backends import Artifact
+    from edgepack.backends.executorch.model import load_custom_ops
     from edgepack.tokenizer import DeviceTokenizer
 
     load_custom_ops()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgepack.errors import ArtifactError
-from edgepack.exporters import Artifact, ExportRequest, get_exporter
+from edgepack.backends import Artifact, ExportRequest, get_exporter
 from edgepack.recipes import load_recipe
 
 ARCHS = {
@@ -135,7 +135,7 @@ def test_graph_carries_no_per_layer_shape_arithmetic(tiny_checkpoint):
     import collections
 
     from edgepack.checkpoint import resolve
-    from edgepack.exporters.onnx import export_graph
+    from edgepack.backends.onnx.exporter import export_graph
 
     counts = {}
     for layers in (2, 4):
@@ -206,7 +206,7 @@ def test_quantized_graph_runs_close_to_eager(
     """Random weights (int4 is judged on real ones in the slow tier); the bounds are loose, the layout exact."""
     import onnx
 
-    from edgepack.exporters.onnx import module_of
+    from edgepack.backends.onnx.exporter import module_of
 
     fp32_checkpoint, fp32_artifact, fp32_root = exports("llama")
     checkpoint, artifact = export(tiny_checkpoint("llama"), tmp_path, recipe)

@@ -10,7 +10,8 @@ from safetensors import safe_open
 
 from edgepack.cli import main
 from edgepack.devices import GIB, load_device
-from edgepack.memory import MIB, Geometry, weight_bytes
+from edgepack.facts import ModelFacts as Geometry
+from edgepack.memory import MIB, weight_bytes
 from edgepack.plan import devices_section, plan, plan_export
 from edgepack.recipes import load_recipe
 
@@ -162,7 +163,7 @@ def test_plan_of_an_export_folder_uses_the_artifact_bytes_and_its_max_seq_len(tm
     (out / "onnx").mkdir(parents=True)
     (out / "onnx" / "model.onnx").write_bytes(b"\0" * 3_000_000)
     (out / "onnx" / "genai_config.json").write_text("{}")
-    record = {"checkpoint": {"num_layers": 30, "num_heads": 9, "num_kv_heads": 3, "head_dim": 64, "hidden_size": 576,
+    record = {"checkpoint": {"num_layers": 30, "num_attention_heads": 9, "num_kv_heads": 3, "head_dim": 64, "hidden_size": 576,
                              "vocab_size": 49152, "context_length": 8192, "tie_word_embeddings": True},
               "recipe": {"name": "int4-block32", "dtype": "float32"}}  # fmt: skip
     (out / "export.json").write_text(json.dumps(record))

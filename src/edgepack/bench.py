@@ -28,18 +28,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-# Modules a runtime loads before any artifact: imported before the baseline RSS is read.
-PRELOAD = {
-    "executorch": (
-        "torch",
-        "executorch.runtime",
-        "executorch.kernels.quantized",
-        "executorch.extension.llm.custom_ops.custom_ops",
-    ),
-    "onnx": ("onnxruntime",),
-    "coreml": ("onnxruntime",),
-    "llama.cpp": ("llama_cpp",),
-}
+# Modules a runtime that is not an edgepack backend loads before any model (backends list theirs in ``preload``).
+ANCHOR_PRELOAD = {"llama.cpp": ("llama_cpp",)}
 PROMPT_TEXT = (
     "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
     "movable metal type, oil-based ink and a wooden screw press. Books became cheaper, literacy spread across "
@@ -129,7 +119,9 @@ def bench(
     say = progress or (lambda message: None)
     protocol.check()
     root = Path(export_dir)
-    record = json.loads((root / "export.json").read_text()) if (root / "export.json").is_file() else None
+    from edgepack.export_record import ExportRecord, is_export_folder
+
+    record = ExportRecord.read(root) if is_export_folder(root) else None
     artifacts = [a for a in discover(root) if not targets or a.target in targets]
     if not artifacts:
         raise ArtifactError(f"{root} holds no artifact for target(s) {', '.join(targets or [])}.")
@@ -149,8 +141,8 @@ def bench(
         results.append(anchor.measure(prompt, protocol))
     return BenchReport(
         export=str(root),
-        model=record["checkpoint"]["model_id"] if record else "",
-        recipe=record["recipe"]["name"] if record else "",
+        model=record.model_id if record else "",
+        recipe=record.recipe_name if record else "",
         protocol=asdict(protocol),
         machine={**_machine(), "load_average_before": load_before, "load_average_after": _load_average()},
         results=results,
@@ -160,10 +152,13 @@ def bench(
 def _estimates(root: Path, tokens: int) -> dict[str, int]:
     """edgepack.memory's estimate per target for this run: at the tokens the run holds where the cache grows
     (onnxruntime), at the export's full cache where it is allocated up front (ExecuTorch, Core ML)."""
+    from edgepack.backends import get_backend
     from edgepack.memory import artifact_footprints
 
     return {
-        artifact.target: footprint.at(tokens if footprint.runtime == "onnxruntime" else artifact.max_seq_len).total
+        artifact.target: footprint.at(
+            tokens if get_backend(artifact.target).cost.kv_grows else artifact.max_seq_len
+        ).total
         for artifact, footprint in artifact_footprints(root)
     }
 
@@ -255,9 +250,11 @@ def worker(spec: dict) -> dict:
     protocol = Protocol(**spec["protocol"])
     kind = spec["kind"]
     runtime_key = spec["target"] if kind == "artifact" else spec["anchor_runtime"]
-    for module in PRELOAD.get(runtime_key, ()):
+    backend = _backend(runtime_key)
+    for module in backend.preload if backend else ANCHOR_PRELOAD.get(runtime_key, ()):
         __import__(module)
-    _set_threads(protocol.threads, runtime_key)
+    if backend and protocol.threads:
+        backend.set_threads(protocol.threads)
     baseline = _rss("VmRSS")
     start = time.perf_counter()
     runner, info = _open(spec, protocol)
@@ -276,41 +273,34 @@ def worker(spec: dict) -> dict:
 def _open(spec: dict, protocol: Protocol):
     """(runner, {"runtime", "path", "note"}) for an export folder's artifact or an anchor."""
     if spec["kind"] == "anchor":
-        from edgepack.anchors import open_anchor
+        from edgepack.anchor_runners import open_anchor
 
-        return open_anchor(spec, protocol.threads)
-    from edgepack.exporters import Artifact
-    from edgepack.parity import open_runner
+        runner, info = open_anchor(spec, protocol.threads)
+        return runner, {"runtime": runtime_label(spec["anchor_runtime"]), **info}
+    from edgepack.backends import Artifact, get_backend
 
     root = Path(spec["export_dir"])
     artifact = Artifact.read(root / spec["target"])
-    options = {"threads": protocol.threads} if artifact.target == "onnx" and protocol.threads else {}
-    runner = open_runner(root, artifact, **options)
-    return runner, {"runtime": runtime_label(artifact.target), "path": artifact.path, "note": _note(artifact.target)}
+    backend = get_backend(artifact.target)
+    options = {"threads": protocol.threads} if backend.threads_option and protocol.threads else {}
+    runner = backend.open_runner(root, artifact, **options)
+    note = backend.host_note if backend.host_note and sys.platform != "darwin" else ""
+    return runner, {"runtime": runtime_label(artifact.target), "path": artifact.path, "note": note}
 
 
 def runtime_label(target: str) -> str:
+    """The runtime and version that ran ``target`` (a backend, or an anchor's runtime such as llama.cpp)."""
     from importlib.metadata import version
 
-    if target == "executorch":
-        return f"executorch {version('executorch')} (XNNPACK)"
     if target == "llama.cpp":
         return f"llama.cpp (llama-cpp-python {version('llama-cpp-python')})"
-    return f"onnxruntime {version('onnxruntime')}"
+    return _backend(target).runtime_label()
 
 
-def _note(target: str) -> str:
-    if target == "coreml" and sys.platform != "darwin":
-        return "simulated (onnxruntime): Core ML's MIL program translated to ONNX, not a device runtime"
-    return ""
+def _backend(target: str):
+    from edgepack.backends import target_names, get_backend
 
-
-def _set_threads(threads: int | None, runtime: str) -> None:
-    # ExecuTorch's XNNPACK threadpool is process-wide; onnxruntime and llama.cpp take threads when opened.
-    if threads and runtime == "executorch":
-        from executorch.extension.pybindings import portable_lib
-
-        portable_lib._unsafe_reset_threadpool(threads)
+    return get_backend(target) if target in target_names() else None
 
 
 def _rss(field_name: str) -> int:

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack.atomic import atomic_dir
+from edgepack.backends import platform_targets, runtime_names
 from edgepack.errors import ManifestError, ParityError, VerifyError
 from edgepack.manifest import MANIFEST_FILE, read_manifest, validate_manifest, write_json_atomic
 
-PLATFORMS = {"ios": ("coreml",), "android": ("executorch", "onnx")}
-RUNTIMES = ("coreml", "executorch", "onnxruntime")
 EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry can hold
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -70,8 +69,9 @@ def write_bundle(
 
 
 def _platforms(platform: str, manifest: dict, root: Path) -> list[str]:
+    PLATFORMS = platform_targets()
     if platform not in (*PLATFORMS, "all"):
-        raise ManifestError(f"Unknown platform {platform!r}. Choose ios, android or all.")
+        raise ManifestError(f"Unknown platform {platform!r}. Choose {', '.join(PLATFORMS)} or all.")
     targets = {a["target"] for a in manifest["artifacts"]}
     wanted = list(PLATFORMS) if platform == "all" else [platform]
     usable = [p for p in wanted if targets & set(PLATFORMS[p])]
@@ -86,8 +86,9 @@ def _platforms(platform: str, manifest: dict, root: Path) -> list[str]:
 
 
 def _one_runtime(manifest: dict, runtime: str, platform: str, root: Path) -> dict:
-    if runtime not in RUNTIMES:
-        raise ManifestError(f"Unknown runtime {runtime!r}. Choose {', '.join(RUNTIMES)}.")
+    PLATFORMS = platform_targets()
+    if runtime not in runtime_names():
+        raise ManifestError(f"Unknown runtime {runtime!r}. Choose {', '.join(runtime_names())}.")
     artifacts = [a for a in manifest["artifacts"] if a["runtime"] == runtime]
     if platform in PLATFORMS and not {a["target"] for a in artifacts} & set(PLATFORMS[platform]):
         raise ManifestError(f"{platform} bundles hold {', '.join(PLATFORMS[platform])} artifacts; --runtime {runtime} "
@@ -99,7 +100,7 @@ def _one_runtime(manifest: dict, runtime: str, platform: str, root: Path) -> dic
 
 
 def _check_parity(manifest: dict, platforms: list[str], allow_failed: bool) -> None:
-    targets = {t for p in platforms for t in PLATFORMS[p]}
+    targets = {t for p in platforms for t in platform_targets()[p]}
     failed = [
         a["path"]
         for a in manifest["artifacts"]
@@ -116,7 +117,7 @@ def platform_manifest(manifest: dict, platform: str) -> dict:
     """The manifest narrowed to one platform's artifacts (and the devices that use them or the cloud)."""
     manifest = dict(manifest)
     runtime = manifest.pop("bundle_runtime", None)
-    artifacts = [a for a in manifest["artifacts"] if a["target"] in PLATFORMS[platform]]
+    artifacts = [a for a in manifest["artifacts"] if a["target"] in platform_targets()[platform]]
     paths = {a["path"] for a in artifacts}
     devices = [d for d in manifest["devices"] if d["artifact"] is None or d["artifact"] in paths]
     bundle = {"platform": platform, **({"runtime": runtime} if runtime else {})}

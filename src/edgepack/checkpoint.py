@@ -29,6 +29,7 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
+NATIVE_FILES = ("tekken.json", "tokenizer.model")  # native tokenizer files; ExecuTorch's runner reads them
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Rope types whose cos/sin tables depend only on the position, so an export can fix them as tables. "dynamic"
 # (NTK) re-derives its frequencies from the sequence length at run time, which no exported table can follow.
@@ -122,10 +123,16 @@ class Checkpoint:
     def context_length(self) -> int:
         return int(self.text_config_dict.get("max_position_embeddings") or 2048)
 
+    @cached_property
+    def facts(self):
+        """Shapes and per-layer windows, derived once (``edgepack.facts.ModelFacts``)."""
+        from edgepack.facts import ModelFacts
+
+        return ModelFacts.from_config(self.config_dict)
+
     @property
     def sliding_window(self) -> int | None:
-        window = self.text_config_dict.get("sliding_window")
-        return int(window) if window else None
+        return self.facts.sliding_window
 
     @property
     def tokenizer_files(self) -> dict[str, Path]:
@@ -268,7 +275,6 @@ def _check_context(path: Path, text_dict: dict) -> None:
 
 def require_tokenizer(checkpoint: Checkpoint) -> None:
     """A checkpoint without a tokenizer cannot be exported or described: say so before any work is done."""
-    from edgepack.tokenizer_package import NATIVE_FILES
 
     if not any((checkpoint.path / n).is_file() for n in ("tokenizer.json", *NATIVE_FILES)):
         raise CheckpointError(

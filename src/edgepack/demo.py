@@ -12,6 +12,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from edgepack.export_record import is_export_folder
 from edgepack.errors import CheckpointError
 from edgepack.paths import cache_dir
 
@@ -70,7 +71,7 @@ def replaces_export(out: str | Path, force: bool) -> bool:
     out = Path(out)
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return False
-    if force or (out / "export.json").is_file():
+    if force or is_export_folder(out):
         return True
     raise ExportError(f"{out} exists and is not an edgepack export. Pass --force to replace it, or choose --out.")
 

@@ -14,12 +14,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from edgepack.backends import backends
 from edgepack.config import Strict, load, shipped_or_path
 from edgepack.paths import shipped_dir
 
 GIB = 1 << 30
 RAM_REPORTED = 0.85  # share of the marketed RAM a device is sure to report (ProcessInfo.physicalMemory, totalMem)
-Runtime = Literal["coreml", "executorch-xnnpack", "onnxruntime"]
+Runtime = Literal[tuple(b.device_runtime for b in backends())]  # each backend's name in device profiles
 Accelerator = Literal["cpu", "gpu", "ane", "npu", "dsp"]
 
 
@@ -86,8 +87,9 @@ class Device(Strict):
     def _check(self) -> Device:
         if len(set(self.runtimes)) != len(self.runtimes):
             raise ValueError(f"runtimes lists a runtime twice: {self.runtimes}")
-        if "coreml" in self.runtimes and self.os.name != "ios":
-            raise ValueError(f"coreml runs only on ios, not {self.os.name}")
+        for backend in backends():
+            if backend.device_runtime in self.runtimes and backend.os_names and self.os.name not in backend.os_names:
+                raise ValueError(f"{backend.device_runtime} runs only on {', '.join(backend.os_names)}, not {self.os.name}")
         return self
 
     def match(self) -> dict:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgepack.checkpoint import resolve
-from edgepack.exporters import get_exporter, target_names
+from edgepack.backends import get_exporter, target_names
 from edgepack.recipes import available, load_recipe
 
 
@@ -11,7 +11,7 @@ def describe(model: str, *, allow_pickle: bool = False, trust_remote_code: bool 
     from edgepack.pipeline import checkpoint_record
 
     checkpoint = resolve(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    info = checkpoint_record(checkpoint)
+    info = checkpoint_record(checkpoint).model_dump()
     info["tokenizer"] = _tokenizer(checkpoint)
     recipes = [load_recipe(n) for n in available()]
     info["targets"] = {
@@ -22,7 +22,7 @@ def describe(model: str, *, allow_pickle: bool = False, trust_remote_code: bool 
 
 def _tokenizer(checkpoint) -> dict:
     from edgepack.checkpoint import require_tokenizer
-    from edgepack.tokenizer_package import NATIVE_FILES
+    from edgepack.checkpoint import NATIVE_FILES
 
     require_tokenizer(checkpoint)
     files = sorted(set(checkpoint.tokenizer_files) | {n for n in NATIVE_FILES if (checkpoint.path / n).is_file()})

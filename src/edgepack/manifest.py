@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from edgepack import __version__
-from edgepack.errors import ManifestError
-from edgepack.exporters import ARTIFACT_FILE, Artifact
+from edgepack.errors import ArtifactError, ManifestError
+from edgepack.export_record import ExportRecord
+from edgepack.backends import ARTIFACT_FILE, Artifact
 from edgepack.paths import DATA_DIR, sha256_file
 
 MANIFEST_FILE = "manifest.json"
@@ -124,8 +125,11 @@ def build_manifest(export_root: str | Path, fallback=None, devices=None) -> dict
     from edgepack.router.select import RULE, selection_order
 
     root = Path(export_root)
-    export = _read_json(root / "export.json", "is it an edgepack export folder?")
-    ckpt = export.get("checkpoint") or {}
+    try:
+        export = ExportRecord.read(root).model_dump(mode="json")
+    except ArtifactError as exc:
+        raise ManifestError(str(exc)) from None
+    ckpt = export["checkpoint"]
     missing = [
         k for k in ("model_id", "weights_digest", "context_length", *SHAPE_FIELDS) if ckpt.get(k) is None
     ]
@@ -203,18 +207,18 @@ def _footprints(root: Path) -> list:
 def _artifact(root: Path, a: Artifact, footprint, parity: dict | None) -> dict:
     """One artifact: its files and digests, what it needs (runtime and OS, memory at its full context), how an
     app calls it, its parity summary."""
-    from edgepack.exporters import get_exporter
+    from edgepack.backends import get_backend
 
     files = file_entries(root, [a.path, *a.files])
     need = footprint.at(a.max_seq_len)
-    backend = get_exporter(a.target)
+    backend = get_backend(a.target)
     return {
         "target": a.target,
         "runtime": a.runtime,
         "path": Path(a.path).as_posix(),
         "min_runtime": a.min_runtime,
         "requires": backend.requires,
-        **({"interface": interface} if (interface := backend.interface(a)) else {}),
+        **({"interface": interface} if (interface := backend.new_exporter().interface(a)) else {}),
         "sha256": path_digest(root, Path(a.path).as_posix(), files),
         "bytes": sum(f["bytes"] for f in files),
         "files": files,

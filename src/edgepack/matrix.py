@@ -25,19 +25,15 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from edgepack.export_record import is_export_folder
 from edgepack import __version__
+from edgepack.backends import get_backend
 from edgepack.config import Strict, load
 from edgepack.errors import ConfigError, EdgepackError, ParityError
 
 CACHE_DIR = "cache"
 CELLS_DIR = "cells"
 SUMMARY_FILE = "matrix.json"
-# The packages whose version changes a target's output.
-BACKENDS = {
-    "executorch": ("executorch", "torch", "torchao", "transformers"),
-    "onnx": ("onnx", "onnxruntime", "onnxscript", "torch", "transformers"),
-    "coreml": ("coremltools", "torch", "transformers"),
-}
 
 
 class ModelEntry(Strict):
@@ -103,7 +99,7 @@ def load_matrix(path: str | Path) -> Matrix:
 
 def _problems(matrix: Matrix) -> list[str]:
     from edgepack import devices, recipes
-    from edgepack.exporters import target_names
+    from edgepack.backends import target_names
 
     cfg, problems = matrix.config, []
     known = recipes.available()
@@ -151,7 +147,7 @@ def backend_versions(target: str) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for package in BACKENDS.get(target, ("torch", "transformers")):
+    for package in get_backend(target).packages:
         try:
             found[package] = version(package)
         except PackageNotFoundError:
@@ -342,7 +338,7 @@ def _summary(matrix: Matrix, rows: list[dict]) -> dict:
 
 def _fits(folder: Path, devices: list[str] | None) -> dict[str, int]:
     """device -> the largest context the cell's artifact fits (0: cloud only)."""
-    if not (folder / "export.json").is_file():
+    if not is_export_folder(folder):
         return {}
     from edgepack.plan import plan_export
 

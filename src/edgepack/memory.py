@@ -15,148 +15,35 @@
                    when a config has a window but no ``layer_types``), else unbounded; and unbounded for every
                    layer when the artifact's cache is full-length. Today's three exporters all keep a
                    full-length cache and apply the window in the attention mask (see their docstrings), so
-                   ``KV_WINDOW_AWARE`` is False for each; an artifact whose cache is a ring buffer says so with
+                   each backend's ``cost.kv_window_aware`` is False; an artifact whose cache is a ring buffer says so with
                    ``details["kv_cache_window_aware"] = true``.
                    kv_bytes = 2 for Core ML (fp16 state), else the recipe's dtype (or ``details["kv_cache_dtype"]``).
     overhead     runtime_base + activations
                    activations = 4 * chunk * (vocab + 2 * hidden + intermediate + heads * context)
                    (fp32 logits, residual and MLP buffers, one layer's attention scores for a prefill chunk:
                    ``chunk`` = 128 tokens, an app prefilling a long prompt in pieces, or
-                   ``details["prefill_chunk"]``); runtime_base per runtime in ``RUNTIMES``.
+                   ``details["prefill_chunk"]``); runtime_base per backend in its
+                   descriptor's ``cost`` (``edgepack/backends/<name>/__init__.py``).
 
 All results are bytes. ``docs/memory.md`` states the same formula with a worked example.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgepack.backends import PREFILL_CHUNK, Backend, by_runtime, get_backend, runtime_names
 from edgepack.errors import ArtifactError
-from edgepack.exporters import PREFILL_CHUNK
+from edgepack.export_record import ExportRecord
+from edgepack.facts import ModelFacts
 
 MIB = 1 << 20
-SLIDING_TYPES = ("sliding_attention", "chunked_attention")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-@dataclass(frozen=True)
-class RuntimeCost:
-    base_bytes: int  # the runtime's code, allocator arenas and thread pools, independent of the model
-    kv_dtype: str | None = None  # a fixed KV-cache dtype, or None for the recipe's dtype
-
-
-# Base costs of each runtime beyond the model's own tensors. onnxruntime: measured on the x86 host with SmolLM2
-# int4-block32 (202 MiB model.onnx): peak RSS less the interpreter's baseline was weights + KV cache + 204 MiB at
-# 1024 tokens and + 226 MiB at 512 (prepacked MatMulNBits copies, the arena), i.e. a base of about 160 MiB once
-# the activations term is taken off. ExecuTorch and Core ML: assumptions (ExecuTorch runs the .pte's buffers in
-# place, with no arena of its own; Core ML loads a compiled copy of the model). ExecuTorch's total was then
-# checked, untuned, on SmolLM2 int4-block32 at 2048 positions: 0.81-0.88 of the measured peak (docs/memory.md).
-RUNTIMES = {
-    "executorch": RuntimeCost(40 * MIB),
-    "onnxruntime": RuntimeCost(160 * MIB),
-    "coreml": RuntimeCost(120 * MIB, kv_dtype="float16"),
-}
-TARGET_RUNTIME = {"executorch": "executorch", "onnx": "onnxruntime", "coreml": "coreml"}
-# Whether each exporter's KV cache holds only the window for sliding layers (see the module docstring).
-KV_WINDOW_AWARE = {"executorch": False, "onnx": False, "coreml": False}
 NOT_WEIGHTS = (".json", ".jinja", ".txt", ".md", ".model")  # config and tokenizer files beside an artifact
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The shapes memory depends on, read from a Hugging Face config dict."""
-
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int
-    intermediate_size: int
-    vocab_size: int
-    context_length: int
-    tie_word_embeddings: bool
-    windows: tuple[int | None, ...]  # per layer: the sliding window, or None for full attention
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Geometry:
-        cfg = config.get("text_config") or config  # multimodal wrappers keep the LM's settings there
-        heads = int(cfg["num_attention_heads"])
-        hidden = int(cfg["hidden_size"])
-        layers = int(cfg["num_hidden_layers"])
-        return cls(
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // heads),
-            hidden_size=hidden,
-            intermediate_size=int(cfg.get("intermediate_size") or 4 * hidden),
-            vocab_size=int(cfg["vocab_size"]),
-            context_length=int(cfg.get("max_position_embeddings") or 2048),
-            tie_word_embeddings=bool(
-                config.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))
-            ),
-            windows=_windows(cfg.get("layer_types"), _window(cfg), layers),
-        )
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Geometry:
-        """From export.json's ``checkpoint`` record (what the pipeline writes), or the checkpoint's config."""
-        config_file = Path(record.get("path") or "") / "config.json"
-        if record.get("path") and config_file.is_file():
-            return cls.from_config(json.loads(config_file.read_text()))
-        try:
-            return cls.from_config(
-                {
-                    "num_attention_heads": record.get("num_attention_heads") or record["num_heads"],
-                    "num_key_value_heads": record.get("num_kv_heads"),
-                    "head_dim": record.get("head_dim"),
-                    "hidden_size": record["hidden_size"],
-                    "num_hidden_layers": record["num_layers"],
-                    "vocab_size": record["vocab_size"],
-                    "max_position_embeddings": record.get("context_length"),
-                    "tie_word_embeddings": record.get("tie_word_embeddings"),
-                    "layer_types": record.get("layer_types"),
-                    "sliding_window": record.get("sliding_window"),
-                }
-            )
-        except (KeyError, TypeError) as exc:
-            raise ArtifactError(
-                f"export.json's checkpoint record lacks {exc} needed for the memory estimate."
-            ) from None
-
-    def kv_bytes_per_token(self, kv_bytes: int) -> int:
-        return 2 * self.num_kv_heads * self.head_dim * kv_bytes
-
-    def kv_cache(self, context: int, kv_bytes: int, window_aware: bool = True) -> int:
-        per_token = self.kv_bytes_per_token(kv_bytes)
-        if not window_aware:
-            return per_token * context * self.num_layers
-        return sum(per_token * (context if w is None else min(context, w)) for w in self.windows)
-
-    def activations(self, context: int, chunk: int = PREFILL_CHUNK) -> int:
-        chunk = min(chunk, context)
-        per_token = self.vocab_size + 2 * self.hidden_size + self.intermediate_size + self.num_heads * context
-        return 4 * chunk * per_token
-
-
-def _window(cfg: dict) -> int | None:
-    """The window the model applies: Qwen2-style configs carry one they do not use (use_sliding_window false)."""
-    if cfg.get("use_sliding_window") is False:
-        return None
-    return cfg.get("sliding_window") or None
-
-
-def _windows(
-    layer_types: list[str] | None, sliding_window: int | None, layers: int
-) -> tuple[int | None, ...]:
-    if not sliding_window:
-        return (None,) * layers
-    if not layer_types:  # e.g. Mistral: one window for every layer
-        return (int(sliding_window),) * layers
-    return tuple(int(sliding_window) if t in SLIDING_TYPES else None for t in layer_types[:layers])
 
 
 @dataclass(frozen=True)
@@ -170,7 +57,7 @@ class Tensor:
         return self.rows * self.cols
 
 
-def weight_tensors(geom: Geometry) -> list[Tensor]:
+def weight_tensors(geom: ModelFacts) -> list[Tensor]:
     """The linear weights of a Llama-shaped decoder (q, k, v, o, gate, up, down per layer) plus embeddings."""
     h, q, kv, inter = (
         geom.hidden_size,
@@ -195,7 +82,7 @@ class WeightEstimate:
     by_kind: dict[str, int] = field(default_factory=dict)  # embedding, lm_head, linear, other
 
 
-def weight_bytes(geom: Geometry, recipe, num_parameters: int | None = None, *,
+def weight_bytes(geom: ModelFacts, recipe, num_parameters: int | None = None, *,
                  float_zero_points: bool = False) -> WeightEstimate:  # fmt: skip
     """Bytes of the weights once ``recipe`` is applied (see the module docstring for the rule).
     ``float_zero_points``: the backend keeps a linear's zero points as one float per group (ExecuTorch's
@@ -260,7 +147,7 @@ class Estimate:
 class Footprint:
     """What memory depends on, fixed for one artifact; ``at(context)`` gives the estimate."""
 
-    geometry: Geometry
+    geometry: ModelFacts
     weights: int
     runtime: str  # executorch | onnxruntime | coreml
     kv_bytes: int
@@ -268,7 +155,7 @@ class Footprint:
     chunk: int = PREFILL_CHUNK
 
     def at(self, context: int) -> Estimate:
-        overhead = RUNTIMES[self.runtime].base_bytes + self.geometry.activations(context, self.chunk)
+        overhead = _backend(self.runtime).cost.base_bytes + self.geometry.activations(context, self.chunk)
         kv = self.geometry.kv_cache(context, self.kv_bytes, self.window_aware)
         return Estimate(self.weights, kv, overhead, context)
 
@@ -285,50 +172,47 @@ class Footprint:
 
 def footprint(config: dict, recipe, target: str, num_parameters: int | None = None) -> Footprint:
     """Before export: from a config dict and a recipe, for one target (executorch | onnx | coreml)."""
-    from edgepack.exporters import get_exporter
-
-    geom = Geometry.from_config(config)
-    runtime = TARGET_RUNTIME[target]
-    exporter = get_exporter(target)
-    if not exporter.zero_points:  # a backend without zero points stores the recipe's symmetric variant
+    geom = ModelFacts.from_config(config)
+    backend = get_backend(target)
+    if not backend.zero_points:  # a backend without zero points stores the recipe's symmetric variant
         recipe = recipe.symmetric_variant()
-    weights = weight_bytes(geom, recipe, num_parameters, float_zero_points=exporter.float_zero_points).total
-    return Footprint(geom, weights, runtime, _kv_bytes(runtime, recipe.dtype), KV_WINDOW_AWARE[target])
+    weights = weight_bytes(geom, recipe, num_parameters, float_zero_points=backend.float_zero_points).total
+    return Footprint(geom, weights, backend.runtime, _kv_bytes(backend, recipe.dtype), backend.cost.kv_window_aware)
 
 
 def artifact_footprints(folder: str | Path) -> list[tuple[Any, Footprint]]:
     """After export: (Artifact, Footprint) for each artifact in an export folder, weights from the file sizes."""
-    from edgepack.exporters import ARTIFACT_FILE, Artifact
+    from edgepack.backends import ARTIFACT_FILE, Artifact
 
     folder = Path(folder)
-    record_file = folder / "export.json"
-    if not record_file.is_file():
-        raise ArtifactError(f"{folder} has no export.json. Pass a folder written by `edgepack export`.")
-    record = json.loads(record_file.read_text())
-    geom = Geometry.from_record(record["checkpoint"])
-    dtype = record["recipe"].get("dtype", "float32")
+    record = ExportRecord.read(folder)
+    geom = ModelFacts.from_record(record.checkpoint.model_dump())
+    dtype = record.dtype
     found = []
     for art_file in sorted(folder.glob(f"*/{ARTIFACT_FILE}")):
         artifact = Artifact.read(art_file.parent)
-        runtime = (
-            artifact.runtime
-            if artifact.runtime in RUNTIMES
-            else TARGET_RUNTIME.get(artifact.target, "executorch")
-        )
+        backend = get_backend(artifact.target)
         weights = sum(_size(folder / f) for f in artifact.files if not f.endswith(NOT_WEIGHTS))
         details = artifact.details or {}
         kv_dtype = details.get("kv_cache_dtype")
-        kv_bytes = DTYPE_BYTES[kv_dtype] if kv_dtype else _kv_bytes(runtime, dtype)
-        window_aware = bool(details.get("kv_cache_window_aware", KV_WINDOW_AWARE.get(artifact.target, False)))
+        kv_bytes = DTYPE_BYTES[kv_dtype] if kv_dtype else _kv_bytes(backend, dtype)
+        window_aware = bool(details.get("kv_cache_window_aware", backend.cost.kv_window_aware))
         chunk = int(details.get("prefill_chunk") or PREFILL_CHUNK)
-        found.append((artifact, Footprint(geom, weights, runtime, kv_bytes, window_aware, chunk)))
+        found.append((artifact, Footprint(geom, weights, backend.runtime, kv_bytes, window_aware, chunk)))
     if not found:
         raise ArtifactError(f"{folder} holds no artifacts (no */{ARTIFACT_FILE}).")
     return found
 
 
-def _kv_bytes(runtime: str, dtype: str) -> int:
-    return DTYPE_BYTES[RUNTIMES[runtime].kv_dtype or dtype]
+def _kv_bytes(backend: Backend, dtype: str) -> int:
+    return DTYPE_BYTES[backend.cost.kv_dtype or dtype]
+
+
+def _backend(runtime: str) -> Backend:
+    backend = by_runtime(runtime)
+    if backend is None:
+        raise ArtifactError(f"No backend runs {runtime!r}; known runtimes: {', '.join(runtime_names())}.")
+    return backend
 
 
 def _size(path: Path) -> int:

@@ -4,7 +4,7 @@
 2. quantize  ``edgepack.codes.codes_for``: every quantized weight's integer codes, computed once (GPTQ or
              round-to-nearest, per the recipe's method) and cached; each backend packs exactly those codes
              (a backend without zero points, XNNPACK, gets the recipe's symmetric variant's codes).
-3. export    ``edgepack.exporters.<target>``: one artifact per target, each from a freshly loaded model in
+3. export    ``edgepack.backends.<target>``: one artifact per target, each from a freshly loaded model in
              the checkpoint's dtype (exporters may quantize in place; only one model is in memory at a time).
 4. verify    ``edgepack.parity.harness.check_parity``: every artifact against the fp32 eager reference.
 5. package   ``edgepack.manifest.write_manifest``: checksums, sizes, memory needs, parity, cloud fallback.
@@ -17,7 +17,6 @@ complete export or nothing. A parity failure still leaves the complete export (t
 from __future__ import annotations
 
 import gc
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +27,10 @@ from edgepack import __version__
 from edgepack.atomic import atomic_dir
 from edgepack.checkpoint import Checkpoint, resolve
 from edgepack.errors import ExportError, ParityError
-from edgepack.exporters import Artifact, ExportRequest, get_exporter, target_names
+from edgepack.export_record import CheckpointRecord, ExportRecord
+from edgepack.backends import Artifact, ExportRequest, get_backend, get_exporter, target_names
 from edgepack.recipes import Recipe, check_thresholds, load_recipe
 
-EXPORT_FILE = "export.json"
 TOKENIZER_DIR = "tokenizer"
 DEFAULT_MAX_SEQ_LEN = 2048
 
@@ -92,7 +91,7 @@ def export(
     say(f"load: resolving {model}")
     calibration = check_calibration(recipe, calibration)
     checkpoint = resolve(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    max_seq_len = check_max_seq_len(checkpoint, max_seq_len)
+    max_seq_len = check_max_seq_len(checkpoint, max_seq_len, targets)
     result = ExportResult(out, [])
     with atomic_dir(out, ExportError, say) as tmp:
         write_export_record(tmp, checkpoint, recipe, max_seq_len, targets)
@@ -135,7 +134,7 @@ def compute_codes(root: Path, checkpoint: Checkpoint, recipe: Recipe, targets, c
     from edgepack.tokenizer import DeviceTokenizer
 
     tokenizer = DeviceTokenizer(root / TOKENIZER_DIR) if recipe.method.calibrated else None
-    needed = {"symmetric" if not get_exporter(t).zero_points else "zero_points" for t in targets}
+    needed = {"symmetric" if not get_backend(t).zero_points else "zero_points" for t in targets}
     books = {}
     for kind in sorted(needed):
         variant = recipe if kind == "zero_points" else recipe.symmetric_variant()
@@ -145,10 +144,7 @@ def compute_codes(root: Path, checkpoint: Checkpoint, recipe: Recipe, targets, c
         books[kind] = codes_for(checkpoint, variant, tokenizer=tokenizer, calibration=calibration, say=say)
     books = {k: b for k, b in books.items() if b is not None}
     if books:
-        path = root / EXPORT_FILE
-        record = json.loads(path.read_text())
-        record["codes"] = {kind: book.record() for kind, book in books.items()}
-        path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        ExportRecord.read(root).with_codes({kind: book.record() for kind, book in books.items()}).write(root)
     return books
 
 
@@ -178,12 +174,17 @@ def check_output(out: Path, force: bool) -> Path:
     return out
 
 
-def check_max_seq_len(checkpoint: Checkpoint, max_seq_len: int | None) -> int:
+def check_max_seq_len(checkpoint: Checkpoint, max_seq_len: int | None, targets: Sequence[str] = ()) -> int:
+    """The KV-cache length: ``DEFAULT_MAX_SEQ_LEN`` within the model's context when None; else checked against
+    the context and every target's minimum (the one check, before any weight is loaded)."""
     context = checkpoint.context_length
     if max_seq_len is None:
         return min(context, DEFAULT_MAX_SEQ_LEN)
-    if max_seq_len < 2:
-        raise ExportError(f"--max-seq-len must be at least 2, got {max_seq_len}.")
+    floor = max([2, *(get_backend(t).min_seq_len for t in targets)])
+    if max_seq_len < floor:
+        needs = [t for t in targets if get_backend(t).min_seq_len == floor]
+        raise ExportError(f"--max-seq-len must be at least {floor}{' for ' + ', '.join(needs) if needs else ''}, "
+                          f"got {max_seq_len}.")  # fmt: skip
     if max_seq_len > context:
         raise ExportError(
             f"--max-seq-len {max_seq_len} exceeds the model's context length ({context}). "
@@ -198,60 +199,58 @@ def write_export_record(root: Path, checkpoint: Checkpoint, recipe: Recipe, max_
 
     # Only ExecuTorch's runner reads tekken.json / tokenizer.model natively; every other target reads tokenizer.json,
     # and so does calibration.
-    needs_json = any(t != "executorch" for t in targets) or recipe.method.calibrated
+    needs_json = any(not get_backend(t).native_tokenizer for t in targets) or recipe.method.calibrated
     tokenizer = package_tokenizer(checkpoint, root / TOKENIZER_DIR, needs_json=needs_json)
-    record = {
-        "edgepack_version": __version__,
-        "checkpoint": checkpoint_record(checkpoint),
-        "recipe": recipe.model_dump(mode="json"),
-        "recipe_digest": recipe.digest(),
-        "tokenizer": tokenizer_record(tokenizer),
-        "max_seq_len": max_seq_len,
-        "targets": list(targets),
-    }
-    (root / EXPORT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    ExportRecord(
+        edgepack_version=__version__,
+        checkpoint=checkpoint_record(checkpoint),
+        recipe=recipe.model_dump(mode="json"),
+        recipe_digest=recipe.digest(),
+        tokenizer=tokenizer_record(tokenizer),
+        max_seq_len=max_seq_len,
+        targets=list(targets),
+    ).write(root)
 
 
-def checkpoint_record(checkpoint: Checkpoint) -> dict:
+def checkpoint_record(checkpoint: Checkpoint) -> CheckpointRecord:
     """What the manifest, parity and memory planning need to know of the checkpoint, without loading it."""
     cfg = checkpoint.text_config_dict
-    heads = cfg.get("num_attention_heads")
-    hidden = cfg.get("hidden_size")
-    return {
-        "source": checkpoint.source,  # what the user passed: export.json is the build record, never bundled
-        "path": str(checkpoint.path.resolve()),
-        "public_source": checkpoint.public_source,
-        "model_id": checkpoint.model_id,
-        "architecture": checkpoint.spec.name,
-        "cloud_default": checkpoint.spec.cloud_default,
-        "model_type": cfg.get("model_type"),
-        "hf_architectures": checkpoint.config_dict.get("architectures"),
-        "wrapper": checkpoint.wrapper.model_type if checkpoint.wrapper else None,
-        "not_exported": checkpoint.not_exported,
-        "license": checkpoint.config_dict.get("license"),
-        "num_parameters": checkpoint.num_parameters,
-        "dtype": checkpoint.dtype,
-        "source_precision": checkpoint.source_precision,
-        "rope": checkpoint.rope,
-        "weights_digest": checkpoint.weights_digest,
-        "context_length": checkpoint.context_length,
-        "sliding_window": checkpoint.sliding_window,
-        "layer_types": cfg.get("layer_types"),
-        "num_layers": cfg.get("num_hidden_layers"),
-        "num_attention_heads": heads,
-        "num_kv_heads": cfg.get("num_key_value_heads") or heads,
-        "head_dim": cfg.get("head_dim") or (hidden // heads if hidden and heads else None),
-        "hidden_size": hidden,
-        "intermediate_size": cfg.get("intermediate_size"),
-        "vocab_size": cfg.get("vocab_size"),
-        "tie_word_embeddings": cfg.get("tie_word_embeddings"),
-    }
+    facts = checkpoint.facts
+    return CheckpointRecord(
+        source=checkpoint.source,  # what the user passed: export.json is the build record, never bundled
+        path=str(checkpoint.path.resolve()),
+        public_source=checkpoint.public_source,
+        model_id=checkpoint.model_id,
+        architecture=checkpoint.spec.name,
+        cloud_default=checkpoint.spec.cloud_default,
+        model_type=cfg.get("model_type"),
+        wrapper=checkpoint.wrapper.model_type if checkpoint.wrapper else None,
+        not_exported=checkpoint.not_exported,
+        license=checkpoint.config_dict.get("license"),
+        num_parameters=checkpoint.num_parameters,
+        dtype=checkpoint.dtype,
+        source_precision=checkpoint.source_precision,
+        rope=checkpoint.rope,
+        weights_digest=checkpoint.weights_digest,
+        context_length=checkpoint.context_length,
+        sliding_window=facts.sliding_window,
+        windows=list(facts.windows),
+        layer_types=cfg.get("layer_types"),
+        num_layers=facts.num_layers,
+        num_attention_heads=facts.num_heads,
+        num_kv_heads=facts.num_kv_heads,
+        head_dim=facts.head_dim,
+        hidden_size=facts.hidden_size,
+        intermediate_size=cfg.get("intermediate_size"),
+        vocab_size=facts.vocab_size,
+        tie_word_embeddings=cfg.get("tie_word_embeddings"),
+    )
 
 
 def export_target(checkpoint: Checkpoint, recipe: Recipe, target: str, root: Path, max_seq_len: int, say,
                   books: dict | None = None) -> Artifact:  # fmt: skip
     exporter = get_exporter(target)
-    book = (books or {}).get("zero_points" if exporter.zero_points else "symmetric")
+    book = (books or {}).get("zero_points" if exporter.backend.zero_points else "symmetric")
     folder = root / target
     folder.mkdir()
     say(f"export[{target}]: loading {checkpoint.spec.name} weights ({checkpoint.dtype})")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgepack.backends import Backend, get_backend, target_names
 from edgepack.devices import GIB, Device, load_devices
 from edgepack.errors import ConfigError
 from edgepack.memory import Estimate, Footprint, artifact_footprints, footprint
@@ -26,10 +27,7 @@ from edgepack.recipes import Recipe, load_recipe
 
 # Near-lossless first: int8 is as fast as anything on-device and barely moves parity; int4 where it must.
 DEFAULT_RECIPES = ("int8-weight", "int4-block32", "int4-block128")
-DEFAULT_TARGETS = ("coreml", "executorch", "onnx")
 MIN_CONTEXT = 2048  # below this a chat model is of little use on a device
-DEVICE_RUNTIME = {"coreml": "coreml", "executorch": "executorch-xnnpack", "onnx": "onnxruntime"}
-COREML_MIN_IOS = "18.0"  # stateful (KV-cache) Core ML models
 
 
 @dataclass(frozen=True)
@@ -83,12 +81,11 @@ def plan(
     """Plan ``model`` (a Checkpoint, a path or hub id, or a config dict) before export."""
     config, num_parameters = _model_config(model, num_parameters)
     recipes = [r if isinstance(r, Recipe) else load_recipe(r) for r in (recipes or DEFAULT_RECIPES)]
-    targets = list(targets or DEFAULT_TARGETS)
-    unknown = [t for t in targets if t not in DEVICE_RUNTIME]
+    known = target_names()
+    targets = list(targets or known)
+    unknown = [t for t in targets if t not in known]
     if unknown:
-        raise ConfigError(
-            "--targets", [f"unknown target {t!r}; known: {', '.join(DEVICE_RUNTIME)}" for t in unknown]
-        )
+        raise ConfigError("--targets", [f"unknown target {t!r}; known: {', '.join(known)}" for t in unknown])
     candidates = [
         Candidate(r.name, t, fp, fp.geometry.context_length)
         for r in recipes
@@ -131,12 +128,15 @@ def choose(device: Device, candidates: list[Candidate], min_context: int = MIN_C
 
 def _usable(device: Device, candidates: list[Candidate]) -> list[Candidate]:
     order = {runtime: i for i, runtime in enumerate(device.runtimes)}
-    ok = [
-        c for c in candidates
-        if DEVICE_RUNTIME[c.target] in order and (c.target != "coreml" or device.os.at_least(COREML_MIN_IOS))
-    ]  # fmt: skip
+    ok = [c for c in candidates if _runs_on(device, get_backend(c.target), order)]
     recipe_order = {r: i for i, r in enumerate(dict.fromkeys(c.recipe for c in candidates))}
-    return sorted(ok, key=lambda c: (recipe_order[c.recipe], order[DEVICE_RUNTIME[c.target]]))
+    return sorted(ok, key=lambda c: (recipe_order[c.recipe], order[get_backend(c.target).device_runtime]))
+
+
+def _runs_on(device: Device, backend: Backend, runtime_order: dict[str, int]) -> bool:
+    """The device lists the backend's runtime and its OS is at least the backend's minimum for that OS."""
+    min_os = backend.min_os.get(device.os.name)
+    return backend.device_runtime in runtime_order and (min_os is None or device.os.at_least(min_os))
 
 
 def _fit(device: Device, cand: Candidate, extended: bool, min_context: int) -> DevicePlan | None:
@@ -170,12 +170,14 @@ def _too_big(device: Device, usable: list[Candidate], min_context: int, extended
 
 def _no_runtime(device: Device, candidates: list[Candidate]) -> DevicePlan:
     targets = ", ".join(dict.fromkeys(c.target for c in candidates)) or "none"
-    coreml = (
-        "; Core ML needs iOS 18" if device.os.name == "ios" and not device.os.at_least(COREML_MIN_IOS) else ""
+    too_old = "".join(
+        f"; {b.name} needs {device.os.name} {b.min_os[device.os.name]}"
+        for b in map(get_backend, dict.fromkeys(c.target for c in candidates))
+        if device.os.name in b.min_os and not device.os.at_least(b.min_os[device.os.name])
     )
     reason = (
         f"cloud only: no candidate target ({targets}) runs on {device.display_name} "
-        f"(runtimes: {', '.join(device.runtimes)}; {device.os.name} {device.os.min_version}+{coreml})"
+        f"(runtimes: {', '.join(device.runtimes)}; {device.os.name} {device.os.min_version}+{too_old})"
     )
     return DevicePlan(device.name, None, None, 0, reason)
 

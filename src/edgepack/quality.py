@@ -63,7 +63,7 @@ def method_quality(model: str | Path, recipes: list, *, text: str | Path = "buil
                         text_metrics(reference, got, long_text.windows)))  # fmt: skip
         say(f"quality: {recipe.name}: {_brief(rows[-1].metrics)}")
     if genai is not None:
-        from edgepack.anchors import OnnxFolderRunner
+        from edgepack.anchor_runners import OnnxFolderRunner
 
         runner = OnnxFolderRunner(Path(genai), max_len + 1, None)
         got = []

@@ -1,7 +1,7 @@
 """Quantization recipes: typed, backend-agnostic data under ``recipes/*.yaml``.
 
 A recipe says *what* precision each weight gets, never *how* a backend packs it. Backends translate it
-(``edgepack.exporters.*``) and report any rule they cannot honour.
+(``edgepack.backends.*``) and report any rule they cannot honour.
 
 Precedence, in one sentence: the token embedding follows ``embedding`` and the output projection follows
 ``lm_head``; every other linear layer takes the first rule whose ``match`` glob matches its module name, and a

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgepack import __version__
 from edgepack.errors import ArtifactError, EdgepackError
+from edgepack.export_record import EXPORT_FILE, ExportRecord, is_export_folder
 
 PARITY_COLUMNS = ("cosine", "top1", "top5_overlap", "kl", "greedy_agreement", "max_abs_diff")
 PLOTS = {"size_parity": "report-size-parity.png", "kl_split": "report-kl-split.png",
@@ -57,13 +58,13 @@ def write_report(folder: str | Path, *, bench_file: str | Path | None = None) ->
 
 def build_report(folder: Path, *, bench_file: str | Path | None = None) -> Report:
     exports = export_folders(folder)
-    records = {e: json.loads((e / "export.json").read_text()) for e in exports}
+    records = {e: ExportRecord.read(e) for e in exports}
     rows = [row for e in exports for row in _artifact_rows(e, records[e])]
     benches = _benches(folder, exports, bench_file)
     first = records[exports[0]]
-    models = sorted({r["checkpoint"]["model_id"] for r in records.values()})
-    recipes = sorted({r["recipe"]["name"] for r in records.values()})
-    subtitle = f"recipe(s) {', '.join(recipes)}; max_seq_len {first['max_seq_len']}; edgepack {__version__}; "
+    models = sorted({r.model_id for r in records.values()})
+    recipes = sorted({r.recipe_name for r in records.values()})
+    subtitle = f"recipe(s) {', '.join(recipes)}; max_seq_len {first.max_seq_len}; edgepack {__version__}; "
     report = Report(f"edgepack report: {', '.join(models)}", subtitle + time.strftime("written %Y-%m-%d %H:%M"))
     report.tables.append(_sizes_table(rows))
     report.tables.append(_parity_table(rows))
@@ -79,9 +80,9 @@ def build_report(folder: Path, *, bench_file: str | Path | None = None) -> Repor
 
 def export_folders(folder: Path) -> list[Path]:
     """The export folder itself, or every export folder under a matrix output's cells/."""
-    if (folder / "export.json").is_file():
+    if is_export_folder(folder):
         return [folder]
-    found = sorted(p.parent for p in (folder / "cells").glob("*/export.json"))
+    found = sorted(p.parent for p in (folder / "cells").glob(f"*/{EXPORT_FILE}"))
     if not found:
         raise ArtifactError(
             f"{folder} is neither an export folder (no export.json) nor a matrix output (no cells/*/export.json)."
@@ -89,9 +90,9 @@ def export_folders(folder: Path) -> list[Path]:
     return found
 
 
-def _artifact_rows(export: Path, record: dict) -> list[dict]:
+def _artifact_rows(export: Path, record: ExportRecord) -> list[dict]:
     from edgepack.bench import artifact_bytes
-    from edgepack.exporters import ARTIFACT_FILE, Artifact
+    from edgepack.backends import ARTIFACT_FILE, Artifact
 
     parity = {}
     if (export / "parity.json").is_file():
@@ -100,7 +101,7 @@ def _artifact_rows(export: Path, record: dict) -> list[dict]:
     for art_file in sorted(export.glob(f"*/{ARTIFACT_FILE}")):
         art = Artifact.read(art_file.parent)
         rows.append({
-            "export": export.name, "model": record["checkpoint"]["model_id"], "recipe": art.recipe,
+            "export": export.name, "model": record.model_id, "recipe": art.recipe,
             "target": art.target, "runtime": art.runtime, "path": art.path, "bits": art.weight_bits,
             "bytes": artifact_bytes(export, art.files), "max_seq_len": art.max_seq_len,
             "export_seconds": art.export_seconds, "unhonoured": art.unhonoured, "parity": parity.get(art.path),

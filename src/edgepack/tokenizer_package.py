@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from collections.abc import Callable
 
+from edgepack.backends import backends
+from edgepack.checkpoint import NATIVE_FILES
 from edgepack.errors import CheckpointError
 
 FIDELITY_STRINGS = (
@@ -50,7 +52,6 @@ SWIFT_TRANSFORMERS_CLASSES = frozenset({
     "BertTokenizer", "CodeGenTokenizer", "CodeLlamaTokenizer", "CohereTokenizer", "FalconTokenizer", "GemmaTokenizer",
     "GPT2Tokenizer", "LlamaTokenizer", "PreTrainedTokenizer", "Qwen2Tokenizer", "T5Tokenizer", "WhisperTokenizer",
 })  # fmt: skip
-NATIVE_FILES = ("tekken.json", "tokenizer.model")  # what ExecuTorch's runner reads when present
 
 
 @dataclass
@@ -102,7 +103,7 @@ def package_tokenizer(checkpoint, out: Path, needs_json: bool = True) -> Tokeniz
     return TokenizerPackage(
         source=source,
         files=sorted(p.name for p in out.iterdir()),
-        runtime_files={"executorch": native, "onnxruntime": "tokenizer.json", "coreml": "tokenizer.json"},
+        runtime_files={b.runtime: native if b.native_tokenizer else "tokenizer.json" for b in backends()},
         converted=converted,
         adds_bos=bool(reference.encode("a")[:1] == [_bos_id(out)]),
         bos_fixed=bos_fixed,

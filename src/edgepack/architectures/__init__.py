@@ -1,12 +1,13 @@
 """Supported architecture families, one module each, behind one registry keyed by ``config.model_type``.
 
-An ``ArchSpec`` states what the exporters need to know about a family beyond its HF config: which
-features it uses (sliding window, attention biases, scaled embeddings...) and a tiny config for tests.
+An ``ArchSpec`` states what edgepack needs to know about a family beyond its HF config: the model types it
+covers, the cloud fallback's default model, and a tiny config for tests. The exporters read every other fact
+(sliding windows, biases, norms, rope) from the config and the model's own modules.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable
 
@@ -18,15 +19,11 @@ from edgepack.registry import Registry
 class ArchSpec:
     name: str  # the family, e.g. "mistral"
     model_types: tuple[str, ...]  # config.model_type values this family covers
-    hf_architectures: tuple[str, ...]  # config.architectures values, e.g. "MistralForCausalLM"
     tiny_config: Callable[..., Any]  # () -> transformers PretrainedConfig with a few layers, hidden 64
     # The cloud fallback's model when the checkpoint's own hub id is unknown (a local folder, a GGUF file): an
     # instruct model of the family that Inference Providers serve. Chosen 2026-11 from the router's listings as
     # known here (this machine cannot reach the hub to re-check); override with --fallback-model.
     cloud_default: str | None = None
-    features: frozenset[str] = field(default_factory=frozenset)
-    # features: sliding_window, attention_bias, qk_norm, fused_qkv, gemma_norm, scaled_embedding,
-    # logit_softcap, tied_embeddings, local_global_attention, yarn_rope, llama4_query_scaling
 
 
 @dataclass(frozen=True)
@@ -38,7 +35,6 @@ class Wrapper:
     """
 
     model_type: str
-    hf_architectures: tuple[str, ...]
     text_prefixes: tuple[str, ...]  # e.g. "language_model.model." -> the decoder's "model."
     lm_heads: tuple[str, ...]  # e.g. "language_model.lm_head." -> "lm_head."
     not_exported: dict[str, str]  # tensor-name prefix -> what it is

@@ -19,24 +19,19 @@ def tiny_gemma3(**overrides):
     )
 
 
-_COMMON = {"gemma_norm", "scaled_embedding", "sliding_window", "local_global_attention", "tied_embeddings"}
 GEMMA2 = register(
     ArchSpec(
         name="gemma2",
         model_types=("gemma2",),
-        hf_architectures=("Gemma2ForCausalLM",),
         tiny_config=tiny_gemma2,
         cloud_default="google/gemma-2-9b-it",
-        features=frozenset(_COMMON | {"logit_softcap"}),
     )
 )
 GEMMA3 = register(
     ArchSpec(
         name="gemma3_text",
         model_types=("gemma3_text",),
-        hf_architectures=("Gemma3ForCausalLM",),
         tiny_config=tiny_gemma3,
         cloud_default="google/gemma-3-27b-it",
-        features=frozenset(_COMMON | {"qk_norm"}),
     )
 )

@@ -14,9 +14,7 @@ SPEC = register(
     ArchSpec(
         name="llama",
         model_types=("llama",),
-        hf_architectures=("LlamaForCausalLM",),
         tiny_config=tiny_config,
         cloud_default="meta-llama/Llama-3.1-8B-Instruct",
-        features=frozenset({"tied_embeddings"}),
     )
 )

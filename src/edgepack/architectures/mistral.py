@@ -40,36 +40,29 @@ SPEC = register(
     ArchSpec(
         name="mistral",
         model_types=("mistral",),
-        hf_architectures=("MistralForCausalLM",),
         tiny_config=tiny_config,
         cloud_default="mistralai/Mistral-7B-Instruct-v0.3",
-        features=frozenset({"sliding_window"}),
     )
 )
 MINISTRAL = register(
     ArchSpec(
         name="ministral",
         model_types=("ministral",),
-        hf_architectures=("MinistralForCausalLM",),
         tiny_config=tiny_ministral,
         cloud_default="mistralai/Mistral-7B-Instruct-v0.3",
-        features=frozenset({"sliding_window", "local_global_attention"}),
     )
 )
 MINISTRAL3 = register(
     ArchSpec(
         name="ministral3",
         model_types=("ministral3",),
-        hf_architectures=("Ministral3ForCausalLM",),
         tiny_config=tiny_ministral3,
         cloud_default="mistralai/Mistral-7B-Instruct-v0.3",
-        features=frozenset({"tied_embeddings", "yarn_rope", "llama4_query_scaling"}),
     )
 )
 MISTRAL3 = register_wrapper(
     Wrapper(
         model_type="mistral3",
-        hf_architectures=("Mistral3ForConditionalGeneration",),
         # The hub checkpoints' names first, then what transformers 5's save_pretrained writes.
         text_prefixes=("language_model.model.", "model.language_model."),
         lm_heads=("language_model.lm_head.", "lm_head."),

@@ -15,9 +15,7 @@ SPEC = register(
     ArchSpec(
         name="phi3",
         model_types=("phi3",),
-        hf_architectures=("Phi3ForCausalLM",),
         tiny_config=tiny_config,
         cloud_default="microsoft/phi-4",
-        features=frozenset({"fused_qkv"}),
     )
 )

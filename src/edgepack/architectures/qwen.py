@@ -21,19 +21,15 @@ QWEN2 = register(
     ArchSpec(
         name="qwen2",
         model_types=("qwen2",),
-        hf_architectures=("Qwen2ForCausalLM",),
         tiny_config=tiny_qwen2,
         cloud_default="Qwen/Qwen2.5-7B-Instruct",
-        features=frozenset({"attention_bias", "tied_embeddings"}),
     )
 )
 QWEN3 = register(
     ArchSpec(
         name="qwen3",
         model_types=("qwen3",),
-        hf_architectures=("Qwen3ForCausalLM",),
         tiny_config=tiny_qwen3,
         cloud_default="Qwen/Qwen3-8B",
-        features=frozenset({"qk_norm", "tied_embeddings"}),
     )
 )

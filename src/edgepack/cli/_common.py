@@ -29,30 +29,6 @@ def print_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def quiet_libraries() -> None:
-    """Silence the progress bars and warnings of transformers/torch; edgepack reports progress itself."""
-    import logging
-    import os
-    import warnings
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore")
-    # torch sets its own loggers' levels when it is imported (torch._logging), so import it first; torchao's
-    # import then logs its pytree deprecations at a level that is dropped.
-    import torch  # noqa: F401
-
-    for name in ("torch", "torchao", "transformers", "executorch", "coremltools", "onnxscript"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as tlog
-
-        tlog.set_verbosity_error()
-        tlog.disable_progress_bar()
-    except ImportError:
-        pass
-
-
 def console():
     """(a rich Console on stderr, plain): ``NO_COLOR`` (any value) and ``TERM=dumb`` mean no escape codes at all
     -- no styles such as dim, no cursor movement -- where rich alone would drop only the colours."""
@@ -101,3 +77,18 @@ class Progress:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class CommaList(click.ParamType):
+    """``a,b`` -> ["a", "b"]: each name stripped, blanks kept, so the library can say that a blank name is a typo
+    (never "all"). Every comma-list option takes this type."""
+
+    name = "comma-list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        return [item.strip() for item in str(value).split(",")]
+
+
+COMMA_LIST = CommaList()

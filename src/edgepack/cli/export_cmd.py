@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from edgepack.cli._common import Progress, handle_errors, print_json, quiet_libraries
+from edgepack.logs import quiet_libraries
+from edgepack.cli._common import COMMA_LIST, Progress, handle_errors, print_json
 from edgepack.cli._fallback import FALLBACK_PARAMS, fallback_from_cli, fallback_options
 from edgepack.cli.parity_cmd import parity_threshold_options, thresholds_from
 
@@ -12,7 +13,7 @@ from edgepack.cli.parity_cmd import parity_threshold_options, thresholds_from
 @click.command()
 @click.argument("model")
 @click.option("--recipe", "-r", default="int4-block32", show_default=True, help="Shipped recipe name or a YAML path.")
-@click.option("--target", "-t", "targets", default=None,
+@click.option("--target", "-t", "targets", type=COMMA_LIST, default=None,
               help="Comma list of targets (executorch, onnx, coreml). Default: every target.")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output folder (written atomically).")
 @click.option("--max-seq-len", type=int, default=None, help="KV cache length. Default: min(context, 2048).")
@@ -42,7 +43,7 @@ def export(model, recipe, targets, out, max_seq_len, force, no_parity, prompts, 
             model,
             out=out,
             recipe=recipe,
-            targets=[t.strip() for t in targets.split(",")] if targets is not None else None,
+            targets=targets,
             max_seq_len=max_seq_len,
             force=force,
             parity=not no_parity,
@@ -92,7 +93,7 @@ def _print_summary(result) -> None:
 
 def _beside(parity: dict | None, metric: str) -> str:
     """``0.834 (0.69)``: the measured value and, in brackets, the recipe's threshold for it."""
-    from edgepack.parity.harness import THRESHOLDS
+    from edgepack.parity.metrics import THRESHOLDS
 
     if parity is None or metric not in parity:
         return "-"

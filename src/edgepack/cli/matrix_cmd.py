@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from edgepack.cli._common import Progress, handle_errors, print_json, quiet_libraries
+from edgepack.logs import quiet_libraries
+from edgepack.cli._common import Progress, handle_errors, print_json
 
 
 @click.command()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import click
 
-from edgepack.cli._common import Progress, handle_errors, print_json, quiet_libraries
+from edgepack.logs import quiet_libraries
+from edgepack.cli._common import COMMA_LIST, Progress, handle_errors, print_json
 
 _FLAGS = {
     "max_abs_diff": "Largest allowed absolute logit difference.",
@@ -32,7 +33,7 @@ def thresholds_from(flags: dict) -> dict:
 @click.argument("export_dir", type=click.Path())
 @click.option("--prompts", type=click.Path(exists=True, dir_okay=False), help="Prompts file (YAML/JSON list).")
 @click.option("--decode-steps", type=int, default=8, show_default=True, help="Greedy decode steps per prompt.")
-@click.option("--target", "targets", default=None, help="Comma list: check only these targets.")
+@click.option("--target", "targets", type=COMMA_LIST, default=None, help="Comma list: check only these targets.")
 @click.option("--no-split", is_flag=True, help="Skip the quantization/conversion error split (saves one load).")
 @click.option("--text", "text", default=None,
               help="Also check a long text, teacher-forced (a UTF-8 file, or 'builtin': ~2,000 tokens of prose); "
@@ -60,7 +61,7 @@ def parity(export_dir, prompts, decode_steps, targets, no_split, text, allow_pic
             split=not no_split,
             text=text,
             allow_pickle=allow_pickle,
-            targets=[t.strip() for t in targets.split(",")] if targets is not None else None,
+            targets=targets,
             progress=progress,
         )
     if as_json:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import click
 
-from edgepack.cli._common import handle_errors, print_json
-
-
-def _csv(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+from edgepack.export_record import is_export_folder
+from edgepack.cli._common import COMMA_LIST, handle_errors, print_json
 
 
 @click.command()
@@ -18,9 +15,10 @@ def _csv(value: str | None) -> list[str] | None:
 )
 @click.option(
     "--recipes",
+    type=COMMA_LIST,
     help="Comma-separated recipes, preferred first [default: int8-weight,int4-block32,int4-block128].",
 )
-@click.option("--targets", help="Comma-separated targets to consider [default: coreml,executorch,onnx].")
+@click.option("--targets", type=COMMA_LIST, help="Comma-separated targets to consider [default: every target].")
 @click.option(
     "--min-context",
     type=click.IntRange(min=1),
@@ -45,14 +43,14 @@ def plan(model, devices, recipes, targets, min_context, num_parameters, as_json)
 
     from edgepack import plan as planning
 
-    if (Path(model) / "export.json").is_file():
+    if is_export_folder(Path(model)):
         plans = planning.plan_export(model, devices, min_context=min_context)
     else:
         plans = planning.plan(
             model,
             devices,
-            _csv(recipes),
-            targets=_csv(targets),
+            recipes,
+            targets=targets,
             num_parameters=num_parameters,
             min_context=min_context,
         )

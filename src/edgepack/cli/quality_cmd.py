@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from edgepack.cli._common import Progress, handle_errors, print_json, quiet_libraries
+from edgepack.logs import quiet_libraries
+from edgepack.cli._common import Progress, handle_errors, print_json
 
 
 @click.command()

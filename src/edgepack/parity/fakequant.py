@@ -54,7 +54,7 @@ def _simulable(quant) -> bool:
 
 def _round(w, bits: int, group_size: int | None, symmetric: bool):
     """Quantize-dequantize ``w`` [rows, cols] along its last dim in groups (None: one group per row)."""
-    from edgepack.codes import rtn
+    from edgepack.codes.core import rtn
 
     return rtn(w, bits, group_size, symmetric).dequantize()
 

@@ -1,7 +1,7 @@
 """The parity harness: every artifact of an export folder against the fp32 eager reference.
 
 For each prompt the reference (transformers, fp32, eager attention) generates ``decode_steps`` greedy tokens.
-Each artifact then runs in its own runtime (``edgepack.parity.RUNNERS``), teacher-forced: the prompt as one
+Each artifact then runs in its own runtime (its backend's runner, ``edgepack.backends``), teacher-forced: the prompt as one
 prefill chunk, then the reference's greedy tokens one at a time through the decode path. Logits at every
 position are compared (``edgepack.parity.metrics``). Greedy agreement is read off the same pass: free-running
 greedy decoding reproduces the reference exactly up to the first position whose argmax differs.
@@ -15,30 +15,22 @@ except a backend without zero points, which has the symmetric variant's.
 from __future__ import annotations
 
 import gc
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from collections.abc import Callable
 
 import numpy as np
 
+from edgepack.export_record import is_export_folder
 from edgepack.errors import ArtifactError, EdgepackError
-from edgepack.exporters import ARTIFACT_FILE, Artifact
+from edgepack.backends import ARTIFACT_FILE, Artifact
+from edgepack.export_record import ExportRecord
 from edgepack.parity import metrics, open_runner
 from edgepack.parity.prompts import Prompt, builtin_prompts, load_prompts
+from edgepack.parity.metrics import AT_MOST, THRESHOLDS
 from edgepack.parity.text import eager_logits
 
 SCHEMA_VERSION = 1
-# threshold key -> (metric, True when the metric must stay at or below the threshold)
-THRESHOLDS = {
-    "max_abs_diff": ("max_abs_diff", True),
-    "min_cosine": ("cosine", False),
-    "min_top1": ("top1", False),
-    "min_top5_overlap": ("top5_overlap", False),
-    "max_kl": ("kl", True),
-    "min_greedy_agreement": ("greedy_agreement", False),
-}
-AT_MOST = {metric: at_most for metric, at_most in THRESHOLDS.values()}
 
 
 @dataclass
@@ -90,7 +82,7 @@ class ParityReport:
 def discover(export_root: Path) -> list[Artifact]:
     """Every artifact in an export folder (each target folder holds an artifact.json)."""
     export_root = Path(export_root)
-    if not (export_root / "export.json").is_file():
+    if not is_export_folder(export_root):
         raise ArtifactError(f"{export_root} is not an edgepack export folder (no export.json).")
     found = []
     for path in sorted(export_root.glob(f"*/{ARTIFACT_FILE}")):
@@ -133,18 +125,19 @@ def check_parity(
     if decode_steps < 1:
         raise EdgepackError(f"--decode-steps must be at least 1, got {decode_steps}.")
     artifacts = _chosen(discover(root), targets, root)
-    record = _export_record(root)
-    record["checkpoint"]["allow_pickle"] = allow_pickle  # the caller's choice, whatever the folder holds
-    _checkpoint(record)  # refused here (pickles, a missing folder) before any tokenizer or runtime is read
+    record = ExportRecord.read(root)
+    # Refused here (pickles, a missing folder) before any tokenizer or runtime is read. Pickles only on the
+    # caller's say-so, whatever the folder holds.
+    checkpoint = _checkpoint(record, allow_pickle)
     prompts = _prompts(root, record, artifacts, prompts_file, decode_steps)
     long_text = _text(root, artifacts, text) if text is not None else None
 
     say(f"verify: fp32 reference over {len(prompts)} prompts" + (f" and {long_text.tokens} tokens of text"
                                                                   if long_text else ""))  # fmt: skip
-    reference = _reference(record, prompts, decode_steps, long_text)
-    quantized = _quantized_references(root, record, artifacts, reference) if split else {}
+    reference = _reference(checkpoint, prompts, decode_steps, long_text)
+    quantized = _quantized_references(root, record, checkpoint, artifacts, reference) if split else {}
 
-    limits = {**record["recipe"].get("parity", {}), **{k: v for k, v in (thresholds or {}).items() if v is not None}}
+    limits = {**record.recipe.get("parity", {}), **{k: v for k, v in (thresholds or {}).items() if v is not None}}
     results = []
     for artifact in artifacts:
         say(f"verify[{artifact.target}]: running {artifact.path}")
@@ -153,7 +146,7 @@ def check_parity(
                                        options))  # fmt: skip
     report = ParityReport(
         passed=all(r.passed for r in results),
-        reference={"model": record["checkpoint"]["model_id"], "dtype": "float32", "attention": "eager"},
+        reference={"model": record.model_id, "dtype": "float32", "attention": "eager"},
         prompts=len(prompts),
         decode_steps=decode_steps,
         artifacts=results,
@@ -170,7 +163,7 @@ def check_parity(
 
 def _chosen(artifacts: list[Artifact], targets: list[str] | None, root: Path) -> list[Artifact]:
     """The artifacts of ``targets`` (None: all); a blank, unknown or absent target is an error, not "all"."""
-    from edgepack.exporters import target_names
+    from edgepack.backends import target_names
 
     if targets is None:
         return artifacts
@@ -184,16 +177,6 @@ def _chosen(artifacts: list[Artifact], targets: list[str] | None, root: Path) ->
         what = f"Unknown target {', '.join(map(repr, unknown))}" if unknown else f"{root} holds no {', '.join(absent)} artifact"
         raise EdgepackError(f"{what}. This export holds: {', '.join(held)}.")
     return [a for a in artifacts if a.target in targets]
-
-
-def _export_record(root: Path) -> dict:
-    try:
-        record = json.loads((root / "export.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{root / 'export.json'} is unreadable ({exc}). Export again.") from None
-    if not isinstance(record, dict) or not isinstance(record.get("checkpoint"), dict) or "path" not in record["checkpoint"]:
-        raise ArtifactError(f"{root / 'export.json'} is not an edgepack export record. Export again.")
-    return record
 
 
 @dataclass
@@ -222,10 +205,10 @@ def _prompts(root, record, artifacts, prompts_file, decode_steps) -> list[Prompt
         raise EdgepackError(f"--decode-steps {decode_steps} leaves no room for a prompt in the artifacts' context.")
     if prompts_file:
         return load_prompts(Path(prompts_file), tokenizer, max_len)
-    return builtin_prompts(tokenizer, record["checkpoint"].get("sliding_window"), max_len)
+    return builtin_prompts(tokenizer, record.checkpoint.sliding_window, max_len)
 
 
-def _load(record: dict, recipe=None, book=None):
+def _load(checkpoint, recipe=None, book=None):
     """The fp32 eager reference; with ``recipe``, its weights as the export stores them: the code ``book``'s
     codes dequantized (or, for an export without one, the recipe's rounding); None when that changes nothing.
 
@@ -234,7 +217,6 @@ def _load(record: dict, recipe=None, book=None):
     from edgepack.parity.fakequant import fake_quantize, rounding
     from edgepack.weights import load_layer_streamed
 
-    checkpoint = _checkpoint(record)
     if all(f.suffix == ".safetensors" for f in checkpoint.weight_files):
         model = load_layer_streamed(checkpoint, "float32", "eager")
         if recipe is None:
@@ -251,11 +233,12 @@ def _load(record: dict, recipe=None, book=None):
     return model
 
 
-def _checkpoint(record: dict):
+def _checkpoint(record: ExportRecord, allow_pickle: bool):
     from edgepack.checkpoint import resolve
 
-    source = record["checkpoint"]
-    return resolve(source["path"], allow_pickle=source.get("allow_pickle", False), trust_remote_code=False)
+    if not record.checkpoint.path:
+        raise ArtifactError("export.json names no checkpoint path: not an edgepack export record. Export again.")
+    return resolve(record.checkpoint.path, allow_pickle=allow_pickle, trust_remote_code=False)
 
 
 def _apply_book(model, book, recipe) -> None:
@@ -272,10 +255,10 @@ def _apply_book(model, book, recipe) -> None:
                 module.weight.copy_(transform(name, module, module.weight.float()))
 
 
-def _reference(record: dict, prompts: list[Prompt], decode_steps: int, text=None) -> _Reference:
+def _reference(checkpoint, prompts: list[Prompt], decode_steps: int, text=None) -> _Reference:
     import torch
 
-    model = _load(record)
+    model = _load(checkpoint)
     tokens, greedy, logits = [], [], []
     with torch.no_grad():
         for prompt in prompts:
@@ -298,18 +281,18 @@ def _codes_key(artifact) -> str | None:
     return artifact.details.get("codes")
 
 
-def _quantized_references(root: Path, record: dict, artifacts, reference: _Reference) -> dict:
+def _quantized_references(root: Path, record: ExportRecord, checkpoint, artifacts, reference: _Reference) -> dict:
     """code book key (None: an export without one) -> (prompt logits, text logits or None) of the eager model
     with those weights, for each book the artifacts use; {} when the recipe quantizes nothing."""
     from edgepack.recipes import Recipe
 
-    recipe = Recipe.model_validate(record["recipe"])
+    recipe = Recipe.model_validate(record.recipe)
     if not recipe.rules and recipe.embedding is None and recipe.lm_head is None:
         return {}
     found = {}
     for key in sorted({_codes_key(a) for a in artifacts}, key=str):
-        book = _book(root, record, recipe, key) if key is not None else None
-        model = _load(record, recipe, book)
+        book = _book(root, record, checkpoint, recipe, key) if key is not None else None
+        model = _load(checkpoint, recipe, book)
         if model is None:
             continue
         text = eager_logits(model, reference.text.windows) if reference.text else None
@@ -319,19 +302,18 @@ def _quantized_references(root: Path, record: dict, artifacts, reference: _Refer
     return found
 
 
-def _book(root: Path, record: dict, recipe, key: str):
+def _book(root: Path, record: ExportRecord, checkpoint, recipe, key: str):
     """The export's code book ``key``: from the cache, or computed again (deterministic) when it was evicted."""
     from edgepack.codes import CodeBook, codes_for
     from edgepack.codes.calibration import load_calibration
     from edgepack.tokenizer import DeviceTokenizer
 
-    for kind, entry in (record.get("codes") or {}).items():
-        if entry["key"] != key:
+    for kind, entry in record.codes.items():
+        if entry.key != key:
             continue
-        if (Path(entry["path"]) / "index.json").is_file():
-            return CodeBook(Path(entry["path"]))
-        checkpoint = _checkpoint(record)
-        source = (entry.get("calibration") or {}).get("source")
+        if (Path(entry.path) / "index.json").is_file():
+            return CodeBook(Path(entry.path))
+        source = (entry.calibration or {}).get("source")
         calibration = load_calibration(None if source in (None, "builtin") else source) if recipe.method.calibrated else None
         variant = recipe if kind == "zero_points" else recipe.symmetric_variant()
         book = codes_for(checkpoint, variant, tokenizer=DeviceTokenizer(root / "tokenizer"), calibration=calibration)

@@ -70,3 +70,15 @@ def _topk_overlap(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     ta = np.argpartition(-a, k - 1, axis=-1)[:, :k]
     tb = np.argpartition(-b, k - 1, axis=-1)[:, :k]
     return np.array([len(set(x) & set(y)) / k for x, y in zip(ta, tb)])
+
+
+# threshold key -> (metric, True when the metric must stay at or below the threshold)
+THRESHOLDS = {
+    "max_abs_diff": ("max_abs_diff", True),
+    "min_cosine": ("cosine", False),
+    "min_top1": ("top1", False),
+    "min_top5_overlap": ("top5_overlap", False),
+    "max_kl": ("kl", True),
+    "min_greedy_agreement": ("greedy_agreement", False),
+}
+AT_MOST = {metric: at_most for metric, at_most in THRESHOLDS.values()}

@@ -9,7 +9,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from edgepack.manifest import PARITY_FILE
-from edgepack.parity.metrics import METRICS
+from edgepack.parity.metrics import METRICS, THRESHOLDS
 
 JSON_FILE, JUNIT_FILE, MARKDOWN_FILE = PARITY_FILE, "parity.junit.xml", "parity.md"
 
@@ -24,8 +24,6 @@ def write_reports(root: Path, report) -> None:
 
 
 def junit(report) -> str:
-    from edgepack.parity.harness import THRESHOLDS
-
     suite = ET.Element("testsuite", name="edgepack.parity")
     cases = failed = 0
     for a in report.artifacts:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgepack.facts import ModelFacts
+
 ATTENTION = "edgepack_executorch"  # the AttentionInterface name; registered with no mask function, so
 # transformers builds no mask at all (the attention below knows the positions itself)
 CACHE_BUFFERS = ("k_cache", "v_cache")  # buffer name prefixes: zero-initialised in the .pte
@@ -102,7 +104,7 @@ class CausalLMWithCache(nn.Module):
         text = model.config.get_text_config()
         heads = text.num_attention_heads
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        head_dim = ModelFacts.of(text).head_dim
         self.model = model
         self.max_seq_len = max_seq_len
         dtype = next(model.parameters()).dtype
@@ -135,7 +137,7 @@ class ZeroPointLinear(nn.Module):
     """An asymmetric quantized linear in XNNPACK's symmetric kernels, computing exactly its codes' weight.
 
     ``s (q - z) x`` over a group equals ``s (q - 2^(b-1)) x - s (z - 2^(b-1)) sum(x)``: the linear given (by
-    ``edgepack.quantize``) its codes shifted to the signed range and zero points of 0 computes the first term; the
+    ``edgepack.backends.executorch.quantize``) its codes shifted to the signed range and zero points of 0 computes the first term; the
     second is a float linear over each group's input sum, with one weight per (row, group). So the ``.pte`` packs the
     recipe's own codes, the same ones ONNX and Core ML pack, instead of a symmetric variant's.
     """

@@ -17,7 +17,8 @@ from pathlib import Path
 from functools import partial
 
 from edgepack.errors import ExportError
-from edgepack.exporters import EXPORTERS, Artifact, ExportRequest, find_codes
+from edgepack.backends import Artifact, ExportRequest, find_codes
+from edgepack.backends.coreml import BACKEND
 
 PACKAGE = "model.mlpackage"
 MIN_RUNTIME = "iOS 18 / macOS 15"
@@ -25,13 +26,8 @@ INPUTS = ("inputIds", "causalMask")
 STATES = ("keyCache", "valueCache")
 
 
-@EXPORTERS.register("coreml")
 class CoreMLExporter:
-    name = "coreml"
-    runtime = "coreml"
-    zero_points = True
-    float_zero_points = False
-    requires = {"runtime": "coreml", "runtime_version": None, "os": {"ios": "18.0", "macos": "15.0"}}  # MLState
+    backend = BACKEND
 
     def __init__(self, compute_precision: str | None = None):
         """``compute_precision``: "float16" or "float32"; None decides from the recipe (see module docstring)."""
@@ -103,7 +99,7 @@ class CoreMLExporter:
         make_reproducible(package)
         files = sorted(p.relative_to(out).as_posix() for p in package.rglob("*") if p.is_file())
         return request.artifact(
-            self,
+            self.backend,
             PACKAGE,
             files,
             min_runtime=MIN_RUNTIME,
@@ -149,7 +145,7 @@ def convert(model, max_seq_len: int, compute: str):
     import numpy as np
     import torch
 
-    from edgepack.exporters.coreml_model import StatefulCausalLM
+    from edgepack.backends.coreml.model import StatefulCausalLM
 
     patch_coremltools()
     model.float().eval()  # in place, parameter by parameter: no second copy of the model

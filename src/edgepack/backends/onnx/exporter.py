@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack.errors import ExportError
-from edgepack.exporters import EXPORTERS, Artifact, ExportRequest
+from edgepack.facts import ModelFacts
+from edgepack.backends import Artifact, ExportRequest
+from edgepack.backends.onnx import BACKEND
+from edgepack.backends.onnx.weights import NBits
 
 OPSET = 20
 MODEL_FILE = "model.onnx"
@@ -41,23 +43,8 @@ MIN_ORT = "onnxruntime 1.20"  # MatMulNBits 8-bit and GatherBlockQuantized
 GENAI_MODEL_TYPES = {"ministral3": "mistral", "ministral": "mistral"}
 
 
-@dataclass(frozen=True)
-class NBits:
-    """One onnxruntime weight-only quantization setting (a MatMulNBits / GatherBlockQuantized configuration)."""
-
-    bits: int
-    block_size: int | None  # None = per output channel (one block spans the whole input dim)
-    symmetric: bool
-    accuracy_level: int | None  # 4 = int8 activations inside MatMulNBits
-
-
-@EXPORTERS.register("onnx")
 class OnnxExporter:
-    name = "onnx"
-    runtime = "onnxruntime"
-    zero_points = True
-    float_zero_points = False
-    requires = {"runtime": "onnxruntime", "runtime_version": "1.20", "os": {}}  # MatMulNBits 8-bit, GatherBlockQuantized
+    backend = BACKEND
 
     def unhonoured(self, recipe) -> list[str]:
         """Recipe settings onnxruntime cannot honour exactly, one line each with what is done instead."""
@@ -100,7 +87,7 @@ class OnnxExporter:
             shutil.copyfile(src, out / name)
             files.append(name)
         return request.artifact(
-            self,
+            self.backend,
             MODEL_FILE,
             files,
             min_runtime=MIN_ORT,
@@ -172,9 +159,9 @@ def export_graph(model, *, dtype: str = "float32"):
     """
     import torch
 
-    from edgepack.cli._common import quiet_libraries
-    from edgepack.exporters.onnx_model import PastPresentCausalLM
-    from edgepack.exporters.onnx_weights import trace
+    from edgepack.logs import quiet_libraries
+    from edgepack.backends.onnx.model import PastPresentCausalLM
+    from edgepack.backends.onnx.weights import trace
 
     quiet_libraries()
     _quiet_onnx_logs()
@@ -192,7 +179,7 @@ def write_model(traced, recipe, out: Path, codes_of) -> list[str]:
     enough for one protobuf gets its weights back inline."""
     import onnx
 
-    from edgepack.exporters.onnx_weights import ExternalData, attach
+    from edgepack.backends.onnx.weights import ExternalData, attach
 
     data = ExternalData(out / DATA_FILE)
     try:
@@ -225,7 +212,7 @@ def io_names(num_layers: int) -> dict[str, list[str]]:
 
 
 def head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return ModelFacts.of(config).head_dim
 
 
 def effective_window(config) -> int | None:
@@ -276,17 +263,6 @@ def module_of(node) -> str | None:
     if len(parts) < 3 or parts[0] != "m":
         return None
     return ".".join(parts[1:-1])
-
-
-def _pack(values, bits: int) -> bytes:
-    import numpy as np
-
-    flat = values.reshape(-1).astype(np.uint8)
-    if bits == 8:
-        return flat.tobytes()
-    if flat.size % 2:
-        flat = np.append(flat, np.uint8(0))
-    return ((flat[0::2] & 0xF) | ((flat[1::2] & 0xF) << 4)).astype(np.uint8).tobytes()
 
 
 # --- onnxruntime-genai -------------------------------------------------------------------------------------

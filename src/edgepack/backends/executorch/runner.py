@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import ParityError
-from edgepack.parity import RUNNERS
 
 
-@RUNNERS.register("executorch")
 class ExecuTorchRunner:
     def __init__(self, export_root: Path, artifact, *, method: str = "forward"):
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401 - registers custom_sdpa, update_cache
@@ -75,3 +73,10 @@ class ExecuTorchRunner:
             chunks.append(self._method.execute((ids, positions))[0][0].to(torch.float32).numpy().copy())
         self._position = end
         return np.concatenate(chunks, axis=0)
+
+
+def set_threads(threads: int) -> None:
+    """XNNPACK's thread pool is process-wide: size it before a program is loaded."""
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(threads)

@@ -65,6 +65,27 @@ class ExternalData:
         self.file.close()
 
 
+@dataclass(frozen=True)
+class NBits:
+    """One onnxruntime weight-only quantization setting (a MatMulNBits / GatherBlockQuantized configuration)."""
+
+    bits: int
+    block_size: int | None  # None = per output channel (one block spans the whole input dim)
+    symmetric: bool
+    accuracy_level: int | None  # 4 = int8 activations inside MatMulNBits
+
+
+def _pack(values, bits: int) -> bytes:
+    import numpy as np
+
+    flat = values.reshape(-1).astype(np.uint8)
+    if bits == 8:
+        return flat.tobytes()
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    return ((flat[0::2] & 0xF) | ((flat[1::2] & 0xF) << 4)).astype(np.uint8).tobytes()
+
+
 def trace(model, wrapper_cls, example_inputs, names: dict, dynamic_axes: dict, opset: int, dtype) -> Traced:
     """The weightless graph of ``wrapper_cls(model)`` and the real tensors its weight inputs stand for."""
     import tempfile
@@ -188,8 +209,6 @@ def _embedding(graph, gather, weight, recipe, data, block_for, codes_of, module,
     quant = recipe.embedding
     if quant is None or quant.is_float:
         return True
-    from edgepack.exporters.onnx import NBits, _pack
-
     block = block_for(NBits(quant.bits, quant.group_size, quant.symmetric, None), weight.shape[1], 1 << 16)
     codes, scales, zeros = in_blocks(codes_of(module, weight, quant), block, unsigned=True)
     codes = codes[:, : weight.shape[1]]  # the op takes the table unpadded

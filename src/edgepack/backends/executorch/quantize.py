@@ -62,8 +62,8 @@ def quantize_model(model: torch.nn.Module, recipe: Recipe, codes_of=None) -> lis
 
     import torch
 
-    from edgepack.exporters import find_codes
-    from edgepack.exporters.executorch_model import ZeroPointLinear
+    from edgepack.backends import find_codes
+    from edgepack.backends.executorch.model import ZeroPointLinear
 
     codes_of = codes_of or partial(find_codes, None)
     dtype = compute_dtype(recipe)

@@ -1,4 +1,4 @@
-"""Stage 3, export: one module per backend behind one registry.
+"""The contract every backend shares (stage 3, export): the request an exporter gets, the Artifact it returns.
 
 Each exporter takes the eager model (checkpoint dtype, freshly loaded for it: exporters may quantize it in
 place), translates the recipe into its backend's quantization, writes its files into ``request.out_dir`` and
@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any, Protocol
 from collections.abc import Callable
 
-from edgepack.errors import ExportError
-from edgepack.registry import Registry
 
 ARTIFACT_FILE = "artifact.json"
 # The most tokens one call takes where a backend must fix it at export (ExecuTorch plans its activation memory
@@ -64,6 +62,11 @@ class ExportRequest:
     tokenizer_dir: Path | None = None  # the export's packaged tokenizer folder (None: the checkpoint's own files)
     codes: Any = None  # edgepack.codes.CodeBook: the integer codes to pack (None: rounded to nearest here)
 
+    @property
+    def facts(self):
+        """The model's shapes and per-layer windows (``edgepack.facts.ModelFacts``), derived once."""
+        return self.checkpoint.facts
+
     def codes_of(self, module: str, weight, quant):
         return find_codes(self.codes, module, weight, quant)
 
@@ -75,13 +78,13 @@ class ExportRequest:
 
         return {n: self.tokenizer_dir / n for n in TOKENIZER_FILES if (self.tokenizer_dir / n).is_file()}
 
-    def artifact(self, exporter, main: str, files: list[str], **fields) -> Artifact:
-        """The Artifact for ``exporter``'s files in ``out_dir`` (names relative to it); the fields every
+    def artifact(self, backend, main: str, files: list[str], **fields) -> Artifact:
+        """The Artifact for ``backend``'s files in ``out_dir`` (names relative to it); the fields every
         backend shares come from the request, the rest (min_runtime, unhonoured, details) from ``fields``."""
         rel = self.out_dir.name
         return Artifact(
-            target=exporter.name,
-            runtime=exporter.runtime,
+            target=backend.name,
+            runtime=backend.runtime,
             path=f"{rel}/{main}",
             files=[f"{rel}/{f}" for f in files],
             recipe=self.recipe.name,
@@ -125,14 +128,7 @@ def find_codes(book, module: str, weight, quant):
 
 
 class Exporter(Protocol):
-    name: str
-    runtime: str
-    zero_points: bool  # whether its integer weights may carry zero points (else: the recipe's symmetric variant)
-    float_zero_points: bool  # whether it keeps a linear's zero points as one float per group (for memory estimates)
-
-    # What a device needs to run the artifact, machine-readable: {"runtime", "runtime_version" (None: any that
-    # loads it), "os": {platform: minimum version} (empty: whatever the runtime supports)}.
-    requires: dict
+    backend: Any  # its edgepack.backends.Backend descriptor
 
     def unhonoured(self, recipe) -> list[str]:
         """Recipe rules this backend cannot honour, one line each (reported, never skipped silently)."""
@@ -143,28 +139,3 @@ class Exporter(Protocol):
         record predates them."""
 
     def export(self, model, request: ExportRequest) -> Artifact: ...
-
-
-EXPORTERS: Registry[Callable[[], Exporter]] = Registry("export target", ExportError)
-
-
-def get_exporter(name: str) -> Exporter:
-    _load_backends()
-    return EXPORTERS.get(name)()
-
-
-def target_names() -> list[str]:
-    _load_backends()
-    return EXPORTERS.names()
-
-
-def _load_backends() -> None:
-    # Backends import heavy libraries lazily inside their methods, so registering them is cheap.
-    import importlib
-
-    for module in ("executorch", "onnx", "coreml"):
-        try:
-            importlib.import_module(f"edgepack.exporters.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"edgepack.exporters.{module}":
-                raise

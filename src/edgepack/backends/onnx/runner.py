@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import ArtifactError
-from edgepack.parity import RUNNERS
 
 
-@RUNNERS.register("onnx")
 class OnnxRunner:
     def __init__(self, export_root: Path, artifact, *, threads: int | None = None):
         import onnxruntime as ort

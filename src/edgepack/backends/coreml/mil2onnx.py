@@ -33,7 +33,7 @@ class UntranslatedOpsError(ExportError):
         super().__init__(
             f"{path}: cannot check this Core ML program off a Mac: no ONNX translation for MIL op type(s) "
             f"{', '.join(self.op_types)}. Check it on macOS (native Core ML runner) or extend "
-            "edgepack.parity.mil2onnx."
+            "edgepack.backends.coreml.mil2onnx."
         )
 
 
@@ -430,7 +430,7 @@ def _matmul_nbits(b, op, source) -> bool:
     import torch
 
     from edgepack.codes.core import Codes
-    from edgepack.exporters.onnx_weights import _pack_rows, _pack_zero_points, in_blocks
+    from edgepack.backends.onnx.weights import _pack_rows, _pack_zero_points, in_blocks
 
     if source.op_type != "constexpr_blockwise_shift_scale" or len(source.outputs) != 1:
         return False

@@ -1,7 +1,7 @@
 """The ExecuTorch target: an XNNPACK ``.pte`` with an in-place KV cache, in the layout the ExecuTorch LLM runner reads.
 
-Stages: quantize per recipe (``edgepack.quantize``, torchao) -> wrap the model over ExecuTorch's LLM ops
-(``edgepack.exporters.executorch_model``: in-place cache update, fused causal SDPA) -> ``torch.export`` ->
+Stages: quantize per recipe (``quantize``, torchao) -> wrap the model over ExecuTorch's LLM ops
+(``model``: in-place cache update, fused causal SDPA) -> ``torch.export`` ->
 ``to_edge_transform_and_lower`` with the XNNPACK partitioner -> ``to_executorch`` -> ``model.pte``.
 
 Program interface: ``forward(input_ids [1, n], cache_position [n]) -> logits [1, n, vocab]``, where n is 1..
@@ -26,7 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from edgepack.errors import ExportError
-from edgepack.exporters import EXPORTERS, Artifact, ExportRequest, heartbeat
+from edgepack.facts import ModelFacts
+from edgepack.backends import Artifact, ExportRequest, heartbeat
+from edgepack.backends.executorch import BACKEND
 
 PTE_FILE = "model.pte"
 PTD_FILE = "model.ptd"
@@ -38,19 +40,12 @@ LOWER_S_PER_LAYER = 14.0
 EXAMPLE_LEN = 2  # example prefill length for tracing (not 0 or 1, which torch.export specializes on)
 
 
-@EXPORTERS.register("executorch")
 class ExecuTorchExporter:
-    name = "executorch"
-    runtime = "executorch"
-    # XNNPACK's kernels are symmetric: a linear's zero points become a float correction over its group sums
-    # (executorch_model.ZeroPointLinear), so the .pte computes the recipe's own codes.
-    zero_points = True
-    float_zero_points = True
-    requires = {"runtime": "executorch", "runtime_version": "1.5", "os": {}}
+    backend = BACKEND
 
     def unhonoured(self, recipe) -> list[str]:
         """Recipe settings this backend cannot honour, one line each with what is done instead."""
-        from edgepack.quantize import unhonoured
+        from edgepack.backends.executorch.quantize import unhonoured
 
         return unhonoured(recipe)
 
@@ -71,7 +66,7 @@ class ExecuTorchExporter:
         }  # fmt: skip
 
     def export(self, model, request: ExportRequest) -> Artifact:
-        from edgepack.quantize import quantize_model
+        from edgepack.backends.executorch.quantize import quantize_model
 
         start = time.perf_counter()
         out = Path(request.out_dir)
@@ -90,7 +85,7 @@ class ExecuTorchExporter:
             size = lower_to_pte(program, metadata, out / PTE_FILE, external=external)
         files = [PTE_FILE, PTD_FILE] if external else [PTE_FILE]
         return request.artifact(
-            self,
+            self.backend,
             PTE_FILE,
             files,
             min_runtime=MIN_RUNTIME,
@@ -108,7 +103,7 @@ def export_program(model, max_seq_len: int, chunk: int):
     """``torch.export`` the model over its in-place cache, with a dynamic sequence dim of 1..``chunk``."""
     import torch
 
-    from edgepack.exporters.executorch_model import CausalLMWithCache
+    from edgepack.backends.executorch.model import CausalLMWithCache
 
     if max_seq_len <= EXAMPLE_LEN:
         raise ExportError(f"ExecuTorch needs --max-seq-len {EXAMPLE_LEN + 1} or more, got {max_seq_len}.")
@@ -126,9 +121,9 @@ def export_program(model, max_seq_len: int, chunk: int):
 
 def weights_outside(config, recipe) -> bool:
     """Whether the quantized weights (estimated from the config and recipe) are too large for the .pte."""
-    from edgepack.memory import Geometry, weight_bytes
+    from edgepack.memory import weight_bytes
 
-    estimate = weight_bytes(Geometry.from_config(config.to_dict()), recipe, float_zero_points=True)
+    estimate = weight_bytes(ModelFacts.of(config), recipe, float_zero_points=True)
     return estimate.total > EXTERNAL_DATA_BYTES
 
 
@@ -148,7 +143,7 @@ def lower_to_pte(program, metadata: dict, path: Path, external: bool = False) ->
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
 
-    from edgepack.exporters.executorch_model import CACHE_BUFFERS
+    from edgepack.backends.executorch.model import CACHE_BUFFERS
 
     # XNNPACK computes erf GELU even for approximate="tanh" (Gemma's gelu_pytorch_tanh: 5e-4 off, measured);
     # the portable kernel honours the approximation.
@@ -216,7 +211,7 @@ def constant_methods(config, request: ExportRequest) -> dict:
     }
     if bos is not None:
         methods["get_bos_id"] = bos
-    window = getattr(text, "sliding_window", None)
+    window = ModelFacts.of(text).sliding_window
     if window:
         methods["get_sliding_window"] = int(window)
     return methods
@@ -241,7 +236,7 @@ def _special_ids(text_config, request: ExportRequest) -> tuple[int | None, list[
 
 
 def _details(config, request: ExportRequest, metadata: dict, size: int, external: bool) -> dict:
-    from edgepack.exporters.executorch_model import CACHE_BUFFERS
+    from edgepack.backends.executorch.model import CACHE_BUFFERS
 
     text = config.get_text_config()
     max_chunk = prefill_chunk(request)

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from edgepack.exporters.coreml_model import apply_rope, layer_windows, project_qkv, query_scale, query_scaling
+from edgepack.backends.layers import apply_rope, layer_windows, project_qkv, query_scale, query_scaling
 
 
 class PastPresentCausalLM(nn.Module):

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import ArtifactError
-from edgepack.parity import RUNNERS
 
 MASKED = np.finfo(np.float16).min  # an additive mask value that stays finite in fp16
 
@@ -33,7 +32,7 @@ class TranslatedCoreMLRunner:
     def __init__(self, package: Path, max_seq_len: int, *, fp16: bool | None = None):
         import onnxruntime as ort
 
-        from edgepack.parity.mil2onnx import translate
+        from edgepack.backends.coreml.mil2onnx import translate
 
         float_type = None if fp16 is None else ("float16" if fp16 else "float32")
         self.translation = translate(package, float_type=float_type)
@@ -128,7 +127,6 @@ def _np_type(onnx_type: str):
     return {"tensor(float16)": np.float16, "tensor(float)": np.float32}.get(onnx_type, np.int32)
 
 
-@RUNNERS.register("coreml")
 def open_coreml(
     export_root: Path,
     artifact,

@@ -1,0 +1,23 @@
+"""Core ML (.mlpackage, stateful KV cache): ``exporter`` converts the stateful wrapper (``model``) with
+coremltools; ``runner`` predicts natively on macOS, elsewhere runs the saved MIL program translated to ONNX
+(``mil2onnx``) in onnxruntime."""
+
+from edgepack.backends import MIB, Backend, RuntimeCost
+
+BACKEND = Backend(
+    name="coreml",
+    runtime="coreml",
+    device_runtime="coreml",
+    platforms=("ios",),
+    runtime_version=None,
+    min_os={"ios": "18.0", "macos": "15.0"},  # MLState: stateful (KV-cache) models
+    packages=("coremltools", "torch", "transformers"),
+    # Assumed: Core ML loads a compiled copy of the model; its KV state is fp16 whatever the recipe says.
+    cost=RuntimeCost(120 * MIB, kv_dtype="float16"),
+    exporter="edgepack.backends.coreml.exporter:CoreMLExporter",
+    runner="edgepack.backends.coreml.runner:open_coreml",
+    os_names=("ios", "macos"),
+    preload=("onnxruntime",),
+    host_note="simulated (onnxruntime): Core ML's MIL program translated to ONNX, not a device runtime",
+    extra={"label_package": "onnxruntime"},
+)

@@ -1,1 +1,0 @@
-"""One parity runner per runtime; each module registers itself in ``edgepack.parity.RUNNERS``."""
