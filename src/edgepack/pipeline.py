@@ -87,6 +87,8 @@ def export(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     targets = check_targets(targets)
     check_thresholds((parity_options or {}).get("thresholds"))
+    if parity:
+        check_parity_inputs(parity_options or {})
     out = check_output(Path(out), force)
     say(f"load: resolving {model}")
     calibration = check_calibration(recipe, calibration)
@@ -111,6 +113,18 @@ def export(
     if result.parity is not None and not result.parity.passed:
         raise ParityError(result.parity.failure_message(out))
     return result
+
+
+def check_parity_inputs(options: dict) -> None:
+    """The parity prompts file and text, checked before anything is loaded or exported (a typo there must not
+    cost an export)."""
+    from edgepack.parity.prompts import read_prompts
+    from edgepack.parity.text import read_text
+
+    if options.get("prompts_file"):
+        read_prompts(Path(options["prompts_file"]))
+    if options.get("text") is not None:
+        read_text(options["text"])
 
 
 def check_calibration(recipe: Recipe, calibration):

@@ -47,26 +47,31 @@ def builtin_prompts(tokenizer, sliding_window: int | None, max_len: int) -> list
     return [Prompt(p.name, p.ids[:max_len]) for p in prompts if p.ids]
 
 
-def load_prompts(path: Path, tokenizer, max_len: int) -> list[Prompt]:
+def read_prompts(path: Path) -> list:
+    """The prompts file's entries, checked (every problem at once) before any model or tokenizer is loaded."""
     from edgepack.config import read_data
 
     data = read_data(Path(path))
     if not isinstance(data, list) or not data:
         raise ConfigError(str(path), ["expected a non-empty list of prompts"])
-    prompts, problems = [], []
-    for i, item in enumerate(data):
-        if isinstance(item, str):
-            ids = _with_bos(tokenizer, tokenizer.encode(item))
-        elif isinstance(item, dict) and set(item) == {"text"}:
-            ids = _with_bos(tokenizer, tokenizer.encode(item["text"]))
-        elif isinstance(item, dict) and set(item) == {"messages"}:
-            ids = tokenizer.encode(tokenizer.apply_chat_template(item["messages"]))
-        else:
-            problems.append(f"[{i}]: expected a string, {{text: ...}} or {{messages: [...]}}")
-            continue
-        prompts.append(Prompt(f"prompt-{i}", tuple(ids[:max_len])))
+    problems = [
+        f"[{i}]: expected a string, {{text: ...}} or {{messages: [...]}}"
+        for i, item in enumerate(data)
+        if not (isinstance(item, str) or (isinstance(item, dict) and set(item) in ({"text"}, {"messages"})))
+    ]
     if problems:
         raise ConfigError(str(path), problems)
+    return data
+
+
+def load_prompts(path: Path, tokenizer, max_len: int) -> list[Prompt]:
+    prompts = []
+    for i, item in enumerate(read_prompts(path)):
+        if isinstance(item, str) or "text" in item:
+            ids = _with_bos(tokenizer, tokenizer.encode(item if isinstance(item, str) else item["text"]))
+        else:
+            ids = tokenizer.encode(tokenizer.apply_chat_template(item["messages"]))
+        prompts.append(Prompt(f"prompt-{i}", tuple(ids[:max_len])))
     return prompts
 
 

@@ -34,16 +34,20 @@ class Text:
         return {"source": self.source, "tokens": self.tokens, "windows": len(self.windows)}
 
 
-def load_text(source: str | Path, tokenizer, max_len: int) -> Text:
-    """``source`` ("builtin" or a UTF-8 text file) as windows of at most ``max_len`` ids."""
+def read_text(source: str | Path) -> str:
+    """The text ``source`` names, checked before any model or tokenizer is loaded."""
     path = BUILTIN if str(source) == "builtin" else Path(source)
     if not path.is_file():
         raise ConfigError(str(source), ["text file not found; pass a UTF-8 text file or 'builtin'"])
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(str(source), ["text file is not UTF-8"]) from None
-    ids = tokenizer.encode(text)
+
+
+def load_text(source: str | Path, tokenizer, max_len: int) -> Text:
+    """``source`` ("builtin" or a UTF-8 text file) as windows of at most ``max_len`` ids."""
+    ids = tokenizer.encode(read_text(source))
     bos = tokenizer.token_id("bos")
     ids = ([bos] if bos is not None else []) + ids
     windows = [ids[i : i + max_len] for i in range(0, len(ids), max_len)]
