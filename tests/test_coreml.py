@@ -420,6 +420,7 @@ def greedy_reference(path: Path, prompt: list[int], steps: int) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
+@pytest.mark.slow  # a 100-layer conversion (~54 s on 2 cores), the 4B stand-in guard, in the slow tier
 def test_a_hundred_stand_ins_stay_distinct_through_the_conversion(tiny_checkpoint, tmp_path):
     """coremltools deduplicates equal consts of equal shape; stand-ins that repeated their value every 97 merged
     on SmolLM2 (30 layers) and the export had to refuse it. 15 layers = 106 matrices: each must reach the program

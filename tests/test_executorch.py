@@ -199,6 +199,7 @@ def test_program_updates_the_cache_in_place_and_attends_with_the_fused_op(export
     assert not {"aten::index_put", "aten::index_put_", "aten::expand_copy", "aten::index_copy"} & set(calls)
 
 
+@pytest.mark.slow  # a second ExecuTorch lowering (~50 s on 2 cores): the 4B .ptd path, in the slow tier
 def test_weights_past_the_threshold_go_to_a_ptd_file_and_run_the_same(exported, tiny_checkpoint, tmp_path, monkeypatch):
     """With the size threshold lowered, every weight leaves the .pte for model.ptd (the 4B path): the program
     loads with its data file in the runtime and in the LLM runner, and computes exactly what the one-file .pte
