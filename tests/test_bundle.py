@@ -112,7 +112,7 @@ def test_bundles_store_the_tokenizer_once_and_split_per_runtime(export, tmp_path
     assert _verify(pte).exit_code == 0
     refused = CliRunner().invoke(main, ["bundle", str(export), "--out", str(tmp_path / "x"), "--platform", "ios",
                                         "--runtime", "executorch"])  # fmt: skip
-    assert refused.exit_code == 2 and "ios bundles hold coreml artifacts; --runtime executorch has none" in refused.output
+    assert refused.exit_code == 2 and "ios bundles hold coreml, mlx artifacts; --runtime executorch has none" in refused.output
 
 
 def test_verify_fails_on_planted_token(export, tmp_path):
@@ -169,7 +169,7 @@ def test_verify_fails_on_parity(tmp_path):
 def test_bundle_errors(export, tmp_path):
     only_android = make_export(tmp_path / "ex", targets=("executorch",))
     write_manifest(only_android)
-    with pytest.raises(ManifestError, match="has no coreml artifact for ios. Export with --target coreml"):
+    with pytest.raises(ManifestError, match="has no coreml or mlx artifact for ios. Export with --target coreml"):
         write_bundle(only_android, tmp_path / "o", "ios")
     assert [b.platform for b in write_bundle(only_android, tmp_path / "o", "all")] == ["android"]
     result = CliRunner().invoke(main, ["bundle", str(only_android), "--out", str(tmp_path / "o")])

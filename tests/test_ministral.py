@@ -90,6 +90,8 @@ FP32_CASES = [
     pytest.param("ministral", "onnx", id="ministral8b-onnx"),
     pytest.param("ministral", "coreml", id="ministral8b-coreml"),
     pytest.param("ministral", "executorch", id="ministral8b-executorch"),
+    pytest.param("mistral3-fp8-tensor", "mlx", id="ministral3-fp8-mlx"),
+    pytest.param("ministral", "mlx", id="ministral8b-mlx"),
 ]
 
 
@@ -160,7 +162,8 @@ def packaged_tekken(mistral3, tmp_path_factory):
 def test_tekken_folder_is_packaged_for_every_runtime(packaged_tekken):
     package, out = packaged_tekken
     assert package.source == "tekken" and package.converted and package.reference == "mistral-common"
-    assert package.runtime_files == {"executorch": "tekken.json", "onnxruntime": "tokenizer.json", "coreml": "tokenizer.json"}
+    assert package.runtime_files == {"executorch": "tekken.json", "onnxruntime": "tokenizer.json", "coreml": "tokenizer.json",
+                                     "mlx": "tokenizer.json"}  # fmt: skip
     assert {"tekken.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(package.files)
     assert package.chat_template == "mistral-common" and package.adds_bos and package.bos_fixed
     assert package.checked_strings == 11  # ten strings and one chat turn
@@ -296,7 +299,7 @@ def int4_export(mistral3, tmp_path_factory):
 
 
 def test_int4_block32_passes_the_parity_gate_on_every_target(int4_export):
-    assert {a.target for a in int4_export.artifacts} == {"executorch", "onnx", "coreml"}
+    assert {a.target for a in int4_export.artifacts} == {"executorch", "onnx", "coreml", "mlx"}
     assert int4_export.parity.passed, int4_export.parity.failure_message(int4_export.out)
 
 

@@ -35,13 +35,14 @@ DECODE_STEPS = 8
 QUESTION = "What is the capital of France? Answer with the city's name."
 
 
-def export(checkpoint_dir: Path, out: Path, recipe: str = "fp32", max_seq_len: int = 64):
+def export(checkpoint_dir: Path, out: Path, recipe: str = "fp32", max_seq_len: int = 64, target: str = "onnx"):
+    """One target's exporter alone (no pipeline): (checkpoint, artifact) with the files in ``out/target``."""
     from edgepack.checkpoint import resolve
 
     checkpoint = resolve(checkpoint_dir)
-    request = ExportRequest(checkpoint, load_recipe(recipe), max_seq_len, out / "onnx")
-    artifact = get_exporter("onnx").export(checkpoint.load_model(), request)
-    artifact.save(out / "onnx")
+    request = ExportRequest(checkpoint, load_recipe(recipe), max_seq_len, out / target)
+    artifact = get_exporter(target).export(checkpoint.load_model(), request)
+    artifact.save(out / target)
     return checkpoint, artifact
 
 

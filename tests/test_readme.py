@@ -27,13 +27,13 @@ def python_snippets() -> list[str]:
 
 def test_the_readme_shows_every_runtime():
     snippets = python_snippets()
-    assert len(snippets) == 2 and all(DEMO_LINE in s for s in snippets)
-    assert "TextLLMRunner" in snippets[0] and "onnxruntime_genai" in snippets[1]
+    assert len(snippets) == 3 and all(DEMO_LINE in s for s in snippets)
+    assert "TextLLMRunner" in snippets[0] and "onnxruntime_genai" in snippets[1] and "mlx_lm" in snippets[2]
     assert "```swift" in section()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", [0, 1], ids=["executorch-llm-runner", "onnxruntime-genai"])
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["executorch-llm-runner", "onnxruntime-genai", "mlx-lm"])
 def test_readme_snippet_answers_paris(smollm2_int4, index):
     code = python_snippets()[index].replace(DEMO_LINE, f"export = {str(smollm2_int4)!r}")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)

@@ -1,4 +1,4 @@
-"""edgepack: Hugging Face checkpoints of small LLMs into Core ML, ExecuTorch and ONNX artifacts phones run.
+"""edgepack: Hugging Face checkpoints of small LLMs into Core ML, ExecuTorch, ONNX and MLX artifacts phones run.
 
 The pipeline (see ``edgepack.pipeline``): load -> quantize -> export -> verify -> package.
 Importing this package is cheap: torch and the export backends load only when a stage needs them.

@@ -37,7 +37,13 @@ def schema(name: str = "manifest") -> dict:
     if not path.is_file():
         shipped = sorted(p.name.removesuffix(".schema.json") for p in SCHEMAS_DIR.glob("*.schema.json"))
         raise ManifestError(f"No schema named {name!r}. Shipped schemas: {', '.join(shipped)}.")
-    return json.loads(path.read_text())
+    loaded = json.loads(path.read_text())
+    if name == "manifest":  # the names of the registered backends, so that adding one touches only its folder
+        from edgepack.backends import runtime_names, target_names
+
+        loaded["$defs"]["target_name"]["enum"] = target_names()
+        loaded["$defs"]["runtime_name"]["enum"] = runtime_names()
+    return loaded
 
 
 def validate_manifest(data: Any, source: str = MANIFEST_FILE) -> None:

@@ -28,7 +28,7 @@ from edgepack.backends.artifact import (  # noqa: F401 - the contract every back
 from edgepack.errors import ExportError
 
 # The registration line: one name per folder under edgepack/backends/, in the order targets are listed.
-BUILTIN = ("executorch", "onnx", "coreml")
+BUILTIN = ("executorch", "onnx", "coreml", "mlx")
 MIB = 1 << 20
 
 

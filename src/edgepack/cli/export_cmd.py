@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from edgepack.backends import target_names
 from edgepack.logs import quiet_libraries
 from edgepack.cli._common import COMMA_LIST, Progress, handle_errors, print_json
 from edgepack.cli._fallback import FALLBACK_PARAMS, fallback_from_cli, fallback_options
@@ -14,7 +15,7 @@ from edgepack.cli.parity_cmd import parity_threshold_options, thresholds_from
 @click.argument("model")
 @click.option("--recipe", "-r", default="int4-block32", show_default=True, help="Shipped recipe name or a YAML path.")
 @click.option("--target", "-t", "targets", type=COMMA_LIST, default=None,
-              help="Comma list of targets (executorch, onnx, coreml). Default: every target.")
+              help=f"Comma list of targets ({', '.join(target_names())}). Default: every target.")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output folder (written atomically).")
 @click.option("--max-seq-len", type=int, default=None, help="KV cache length. Default: min(context, 2048).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
