@@ -414,7 +414,9 @@ def test_smollm2_calibrated_int4_keeps_the_model_over_a_long_text(smollm2_int4):
     .pte; round-to-nearest symmetric codes measured KL ~0.44 on such text."""
     from edgepack.parity.harness import check_parity
 
-    report = check_parity(smollm2_int4, text="builtin", write_reports=False)
+    # MLX holds the book's codes exactly (conversion KL ~1e-10, README): its text figures are the quantization
+    # half's, and MLX's x86 CPU backend would add ~5 minutes here.
+    report = check_parity(smollm2_int4, targets=["onnx", "coreml", "executorch"], text="builtin", write_reports=False)
     text = {a.target: a.text["metrics"] for a in report.artifacts}
     print({t: {k: round(m[k], 3) for k in ("kl", "top1", "ppl_ratio")} for t, m in text.items()})
     for target in ("onnx", "coreml"):
