@@ -13,8 +13,7 @@ backend's package is cheap: heavy libraries are imported inside its exporter and
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from edgepack.backends.artifact import (  # noqa: F401 - the contract every backend shares, re-exported
     ARTIFACT_FILE,
@@ -64,9 +63,8 @@ class Backend:
     threads_hook: str | None = None  # "module:function(n)" setting a process-wide thread pool, called before loading
     os_names: tuple[str, ...] | None = None  # the device OSes it runs on at all (None: any)
     host_note: str = ""  # said beside bench/parity figures when the host does not run the device runtime
-    # label_package / label_suffix: how bench names the runtime that ran it on the host (e.g. onnxruntime for
-    # Core ML's translated program)
-    extra: dict[str, Any] = field(default_factory=dict)
+    label_package: str | None = None  # the package bench names as the host runtime (default: ``runtime``)
+    label_suffix: str = ""  # e.g. " (XNNPACK)"
 
     @property
     def requires(self) -> dict:
@@ -86,12 +84,12 @@ class Backend:
         """The runtime and its installed version, for bench tables."""
         from importlib.metadata import PackageNotFoundError, version
 
-        package = self.extra.get("label_package", self.runtime)
+        package = self.label_package or self.runtime
         try:
             installed = version(package)
         except PackageNotFoundError:
             installed = "not installed"
-        return f"{package} {installed}{self.extra.get('label_suffix', '')}"
+        return f"{package} {installed}{self.label_suffix}"
 
 
 def _load(spec: str):

@@ -19,5 +19,5 @@ BACKEND = Backend(
     os_names=("ios", "macos"),
     preload=("onnxruntime",),
     host_note="simulated (onnxruntime): Core ML's MIL program translated to ONNX, not a device runtime",
-    extra={"label_package": "onnxruntime"},
+    label_package="onnxruntime",  # off a Mac its MIL program runs translated to ONNX
 )

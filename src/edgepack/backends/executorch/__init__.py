@@ -29,5 +29,5 @@ BACKEND = Backend(
         "executorch.extension.llm.custom_ops.custom_ops",
     ),
     threads_hook="edgepack.backends.executorch.runner:set_threads",
-    extra={"label_suffix": " (XNNPACK)"},
+    label_suffix=" (XNNPACK)",
 )

@@ -20,5 +20,4 @@ BACKEND = Backend(
     exporter="edgepack.backends.mlx.exporter:MLXExporter",
     runner="edgepack.backends.mlx.runner:MLXRunner",
     preload=("mlx.core", "mlx_lm"),
-    extra={"label_package": "mlx"},
 )
