@@ -135,7 +135,7 @@ def _tensors(model, request: ExportRequest):
         quantized[name] = (group, codes.bits)
     if tied:
         embed = next(n for n in modules if n.endswith("embed_tokens"))
-        tied = _same(packed.get(embed), packed.get("lm_head"), state, embed)
+        tied = _same(packed.get(embed), packed.get("lm_head"))
     tensors = {}
     for name, tensor in state.items():
         module, _, leaf = name.rpartition(".")
@@ -185,7 +185,7 @@ def _pack(values: np.ndarray, bits: int) -> np.ndarray:
     return words.view("<u4").reshape(rows, cols * bits // 32)
 
 
-def _same(embed: dict | None, head: dict | None, state: dict, embed_name: str) -> bool:
+def _same(embed: dict | None, head: dict | None) -> bool:
     """Whether the tied head can read the embedding's tensors: both float, or both packed from equal codes."""
     if embed is None and head is None:
         return True
