@@ -251,6 +251,11 @@ def test_real_exports_are_cached(tmp_path, models):
     assert {
         r["cell"]: (tmp_path / "out" / r["out"] / "export.json").stat().st_mtime_ns for r in second["cells"]
     } == records
+    # `edgepack report` on the matrix output (what the CI example's last job runs) finds every cell
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "out" / "report.md").read_text()
+    assert all(f"{cell}/onnx" in table for cell in records)
 
 
 def test_the_example_matrix_names_the_builtin_model_wherever_the_cache_is(tiny_checkpoint, tmp_path, monkeypatch):

@@ -61,18 +61,20 @@ def test_an_export_without_a_bench_still_gets_both_parity_plots(tiny_checkpoint,
 
 
 def test_matrix_output_reports_every_cell(benched_export, tmp_path):
-    for cell in ("a", "b"):
+    """Cells where edgepack matrix writes them (cells/<model>/<recipe>/<target>), named by their cell id."""
+    cells = ("tiny/fp32/onnx", "tiny/int8-weight/onnx")
+    for cell in cells:
         shutil.copytree(benched_export, tmp_path / "cells" / cell)
     from edgepack.report import build_report
 
     report = build_report(tmp_path)
     artifacts = next(t for t in report.tables if t.title == "Artifacts")
-    assert [row[0] for row in artifacts.rows] == ["a/onnx", "b/onnx"]
+    assert [row[0] for row in artifacts.rows] == [f"{c}/onnx" for c in cells]
     fit = next(t for t in report.tables if t.title == "Memory fit per device")
-    assert fit.header == ["device", "a", "b"]
+    assert fit.header == ["device", *cells]
 
 
 def test_report_on_a_folder_that_is_neither(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2
-    assert "neither an export folder" in result.output and "cells/*/export.json" in result.output
+    assert "neither an export folder" in result.output and "no export.json under cells/" in result.output

@@ -82,12 +82,21 @@ def export_folders(folder: Path) -> list[Path]:
     """The export folder itself, or every export folder under a matrix output's cells/."""
     if is_export_folder(folder):
         return [folder]
-    found = sorted(p.parent for p in (folder / "cells").glob(f"*/{EXPORT_FILE}"))
+    # edgepack matrix writes each cell to cells/<model>/<recipe>/<target>/
+    found = sorted(p.parent for p in (folder / "cells").rglob(EXPORT_FILE))
     if not found:
         raise ArtifactError(
-            f"{folder} is neither an export folder (no export.json) nor a matrix output (no cells/*/export.json)."
+            f"{folder} is neither an export folder (no export.json) nor a matrix output (no export.json under cells/)."
         )
     return found
+
+
+def export_label(export: Path) -> str:
+    """An export's name in the tables: its cell (model/recipe/target) in a matrix output, else its folder name."""
+    parts = export.parts
+    if "cells" not in parts[:-1]:
+        return export.name
+    return "/".join(parts[len(parts) - parts[::-1].index("cells") :])
 
 
 def _artifact_rows(export: Path, record: ExportRecord) -> list[dict]:
@@ -101,7 +110,7 @@ def _artifact_rows(export: Path, record: ExportRecord) -> list[dict]:
     for art_file in sorted(export.glob(f"*/{ARTIFACT_FILE}")):
         art = Artifact.read(art_file.parent)
         rows.append({
-            "export": export.name, "model": record.model_id, "recipe": art.recipe,
+            "export": export_label(export), "model": record.model_id, "recipe": art.recipe,
             "target": art.target, "runtime": art.runtime, "path": art.path, "bits": art.weight_bits,
             "bytes": artifact_bytes(export, art.files), "max_seq_len": art.max_seq_len,
             "export_seconds": art.export_seconds, "unhonoured": art.unhonoured, "parity": parity.get(art.path),
@@ -156,12 +165,12 @@ def _plan_table(exports: list[Path]) -> Table | None:
             plans = plan_export(export, "all")
         except EdgepackError as exc:
             return Table("Memory fit per device", ["note"], [[f"planning failed: {exc}"]])
-        columns.append(export.name)
+        columns.append(export_label(export))
         for p in plans:
             fit = "cloud only" if p.cloud_only else f"{p.target} {p.recipe}, {p.max_context} tokens"
             if p.estimate is not None and not p.cloud_only:
                 fit += f" ({p.estimate.total / 2**20:.0f} MiB)"
-            cells.setdefault(p.device, {})[export.name] = fit + (f"; needs {p.extended}" if p.extended else "")
+            cells.setdefault(p.device, {})[export_label(export)] = fit + (f"; needs {p.extended}" if p.extended else "")
     header = ["device"] + (columns if len(columns) > 1 else ["best fit (estimated memory at that context)"])
     body = [[device] + [row.get(c, "-") for c in columns] for device, row in cells.items()]
     return Table("Memory fit per device", header, body, "From edgepack.plan: weights + KV cache + runtime overhead.")
