@@ -33,6 +33,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 MLX_GROUPS = (128, 64, 32)  # the affine group sizes MLX's kernels take
 MLX_BITS = (2, 3, 4, 5, 6, 8)
+ROWS_PER_CHUNK = 4096
 # edgepack model_type -> the mlx-lm module that runs it, where mlx-lm's own name differs.
 MODEL_TYPES = {"ministral": "llama", "mistral": "llama"}
 # How each mlx-lm module learns which layers slide: from ``layer_types`` (beside at least one full layer), or
@@ -125,7 +126,7 @@ def _tensors(model, request: ExportRequest):
         quant = recipe.for_module(name)
         if quant is None or quant.is_float or quant.bits not in MLX_BITS:
             continue
-        codes = request.codes_of(name, module.weight.detach().float(), quant)
+        codes = request.codes_of(name, module.weight.detach(), quant)  # the book's; rounds in row chunks without one
         group = _mlx_group(codes.group, codes.q.shape[1])
         if group is None:
             notes.append(f"{name}: {codes.q.shape[1]} columns fit no MLX group (32/64/128); kept {recipe.dtype}")
@@ -156,19 +157,27 @@ def _mlx_group(group: int, cols: int) -> int | None:
 
 
 def _affine(codes, group: int, float_dtype) -> dict[str, np.ndarray]:
-    """MLX's (weight, scales, biases) for ``codes``, exactly: w = scales * unsigned_code + biases."""
-    q = codes.q.numpy().astype(np.int32)
-    scale = codes.scale.float().numpy()
-    if codes.zero is None:
-        offset = 1 << (codes.bits - 1)
-        unsigned, zero = q + offset, np.full_like(scale, offset)
-    else:
-        unsigned, zero = q, codes.zero.numpy().astype(np.float32)
+    """MLX's (weight, scales, biases) for ``codes``, exactly: w = scales * unsigned_code + biases. Packed
+    ``ROWS_PER_CHUNK`` rows at a time into preallocated outputs: a 131k-row head's int32 temporaries would
+    otherwise take gigabytes beside the loaded model (a 4B export passed 14 GB that way)."""
+    rows, cols = codes.q.shape
     repeat = codes.group // group  # MLX groups per code-book group: each repeats its scale and zero point
-    scales = np.repeat(scale, repeat, axis=1)
-    biases = -np.repeat(scale * zero, repeat, axis=1)
-    return {"weight": _pack(unsigned.astype(np.uint32), codes.bits), "scales": scales.astype(float_dtype),
-            "biases": biases.astype(float_dtype)}  # fmt: skip
+    out = {"weight": np.empty((rows, cols * codes.bits // 32), np.uint32),
+           "scales": np.empty((rows, cols // group), float_dtype),
+           "biases": np.empty((rows, cols // group), float_dtype)}  # fmt: skip
+    offset = 1 << (codes.bits - 1)
+    for start in range(0, rows, ROWS_PER_CHUNK):
+        part = slice(start, start + ROWS_PER_CHUNK)
+        q = codes.q[part].numpy()
+        scale = codes.scale[part].float().numpy()
+        if codes.zero is None:  # symmetric: shift the signed codes to MLX's unsigned range
+            unsigned, zero = (q.astype(np.int16) + offset).astype(np.uint8), np.full_like(scale, offset)
+        else:
+            unsigned, zero = q, codes.zero[part].numpy().astype(np.float32)
+        out["weight"][part] = _pack(unsigned, codes.bits)
+        out["scales"][part] = np.repeat(scale, repeat, axis=1)
+        out["biases"][part] = -np.repeat(scale * zero, repeat, axis=1)
+    return out
 
 
 def _pack(values: np.ndarray, bits: int) -> np.ndarray:
