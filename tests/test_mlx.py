@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 
-from test_onnx import ARCHS, PROMPT, reference_model, run_and_compare
+from test_onnx import ARCHS, PROMPT, assert_fp32_matches_eager, lazy_exports
 from test_onnx import export as export_one
 
 # mlx-lm windows only llama-style layer_types beside a full layer and Gemma 3's pattern: the other windowed
@@ -26,25 +26,12 @@ export = partial(export_one, target="mlx")
 
 @pytest.fixture(scope="module")
 def exports(tiny_checkpoint, tmp_path_factory):
-    done = {}
-
-    def get(key: str):
-        if key not in done:
-            arch, overrides = MLX_ARCHS[key]
-            root = tmp_path_factory.mktemp(f"mlx-{key}")
-            checkpoint, artifact = export(tiny_checkpoint(arch, **overrides), root)
-            done[key] = (checkpoint, artifact, root)
-        return done[key]
-
-    return get
+    return lazy_exports(tiny_checkpoint, tmp_path_factory, "mlx", MLX_ARCHS)
 
 
 @pytest.mark.parametrize("key", list(MLX_ARCHS))
 def test_fp32_export_matches_eager(exports, key):
-    checkpoint, artifact, root = exports(key)
-    metrics = run_and_compare(root, artifact, reference_model(checkpoint))
-    assert metrics["max_abs_diff"] < 1e-4, metrics
-    assert metrics["top1"] == 1.0
+    assert_fp32_matches_eager(exports(key))
 
 
 def test_the_folder_is_what_mlx_lm_load_reads(exports):

@@ -76,28 +76,36 @@ def run_and_compare(root: Path, artifact: Artifact, reference, prompt=PROMPT, st
     }
 
 
-@pytest.fixture(scope="module")
-def exports(tiny_checkpoint, tmp_path_factory):
-    """key -> (checkpoint, artifact, export root), exported lazily, once per module."""
+def lazy_exports(tiny_checkpoint, tmp_path_factory, target: str, archs: dict):
+    """key -> (checkpoint, artifact, export root) of ``target``, exported on first use (for a module fixture)."""
     done = {}
 
     def get(key: str):
         if key not in done:
-            arch, overrides = ARCHS[key]
-            root = tmp_path_factory.mktemp(f"onnx-{key}")
-            checkpoint, artifact = export(tiny_checkpoint(arch, **overrides), root)
+            arch, overrides = archs[key]
+            root = tmp_path_factory.mktemp(f"{target}-{key}")
+            checkpoint, artifact = export(tiny_checkpoint(arch, **overrides), root, target=target)
             done[key] = (checkpoint, artifact, root)
         return done[key]
 
     return get
 
 
-@pytest.mark.parametrize("key", list(ARCHS))
-def test_fp32_export_matches_eager(exports, key):
-    checkpoint, artifact, root = exports(key)
+def assert_fp32_matches_eager(exported) -> None:
+    checkpoint, artifact, root = exported
     metrics = run_and_compare(root, artifact, reference_model(checkpoint))
     assert metrics["max_abs_diff"] < 1e-4, metrics
     assert metrics["top1"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_checkpoint, tmp_path_factory):
+    return lazy_exports(tiny_checkpoint, tmp_path_factory, "onnx", ARCHS)
+
+
+@pytest.mark.parametrize("key", list(ARCHS))
+def test_fp32_export_matches_eager(exports, key):
+    assert_fp32_matches_eager(exports(key))
 
 
 def test_sliding_window_is_applied_past_the_window(exports, tiny_checkpoint):
