@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+WHEELS := $(or $(EDGEPACK_CACHE),$(HOME)/.cache/edgepack)/wheels
 
 .PHONY: setup demo test test-slow test-all lint bench bench-4b quality clean
 
@@ -17,6 +18,11 @@ setup: $(BIN)/edgepack  ## create .venv and install edgepack editable with the d
 
 demo: setup  ## export the built-in default model (SmolLM2-135M, no hub) to artifacts/demo
 	$(BIN)/edgepack demo --out artifacts/demo
+
+llama-cpp: setup  ## build llama-cpp-python once (about 8 min on 2 cores), cache the wheel, install it: gguf parity in llama.cpp
+	# the build flags of edgepack.backends.gguf.LLAMA_CPP_CMAKE_ARGS (portable: no AMX, no -march=native)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip wheel -q --no-deps --find-links $(WHEELS) -w $(WHEELS) llama-cpp-python==0.3.36
+	$(BIN)/pip install -q --find-links $(WHEELS) llama-cpp-python==0.3.36
 
 test: setup  ## the default (fast) test tier
 	$(BIN)/pytest -q

@@ -43,6 +43,18 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_int4_llama(tiny_checkpoint, tmp_path_factory):
+    """(export folder, ExportResult): a tiny llama exported ONCE with int4-block32-rtn to MLX, ONNX and GGUF by the
+    real pipeline (parity included), shared by the MLX and GGUF tests that compare each with ONNX."""
+    from edgepack.pipeline import export
+
+    out = tmp_path_factory.mktemp("int4-llama") / "export"
+    result = export(tiny_checkpoint("llama"), out=out, recipe="int4-block32-rtn", targets=["mlx", "onnx", "gguf"],
+                    max_seq_len=64, parity_options={"decode_steps": 4})  # fmt: skip
+    return out, result
+
+
+@pytest.fixture(scope="session")
 def smollm2(tmp_path_factory) -> Path:
     """The real SmolLM2-135M-Instruct as a local HF folder (slow tier only)."""
     from edgepack.demo import smollm2_checkpoint

@@ -48,13 +48,8 @@ def test_the_folder_is_what_mlx_lm_load_reads(exports):
 
 
 @pytest.fixture(scope="module")
-def int4_llama(tiny_checkpoint, tmp_path_factory):
-    from edgepack.pipeline import export as run_export
-
-    out = tmp_path_factory.mktemp("mlx-int4") / "export"
-    result = run_export(tiny_checkpoint("llama"), out=out, recipe="int4-block32-rtn", targets=["mlx", "onnx"],
-                        max_seq_len=64, parity_options={"decode_steps": 4})  # fmt: skip
-    return out, result
+def int4_llama(tiny_int4_llama):
+    return tiny_int4_llama
 
 
 def test_int4_codes_are_the_code_books_exactly(int4_llama):

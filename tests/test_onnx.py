@@ -52,13 +52,13 @@ def reference_model(checkpoint):
     return model
 
 
-def run_and_compare(root: Path, artifact: Artifact, reference, prompt=PROMPT, steps=DECODE_STEPS):
+def run_and_compare(root: Path, artifact: Artifact, reference, prompt=PROMPT, steps=DECODE_STEPS, runner=None):
     """Prompt in one chunk, then greedy single-token steps; logits of every position vs eager fp32."""
     import torch
 
     from edgepack.parity import open_runner
 
-    runner = open_runner(root, artifact)
+    runner = runner or open_runner(root, artifact)
     got = [runner.forward(prompt)]
     tokens = list(prompt)
     for _ in range(steps):

@@ -27,14 +27,19 @@ def python_snippets() -> list[str]:
 
 def test_the_readme_shows_every_runtime():
     snippets = python_snippets()
-    assert len(snippets) == 3 and all(DEMO_LINE in s for s in snippets)
+    assert len(snippets) == 4 and all(DEMO_LINE in s for s in snippets)
     assert "TextLLMRunner" in snippets[0] and "onnxruntime_genai" in snippets[1] and "mlx_lm" in snippets[2]
+    assert "llama_cpp" in snippets[3]
     assert "```swift" in section()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["executorch-llm-runner", "onnxruntime-genai", "mlx-lm"])
+@pytest.mark.parametrize("index", [0, 1, 2, 3], ids=["executorch-llm-runner", "onnxruntime-genai", "mlx-lm", "llama.cpp"])
 def test_readme_snippet_answers_paris(smollm2_int4, index):
+    if index == 3:
+        from helpers import ensure_llama_cpp
+
+        ensure_llama_cpp()
     code = python_snippets()[index].replace(DEMO_LINE, f"export = {str(smollm2_int4)!r}")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

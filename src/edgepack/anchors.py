@@ -32,7 +32,7 @@ TORCH = "torch==2.13.0"
 REQUIREMENTS = {
     "optimum-executorch": ["executorch==1.5.1", "torchao==0.18.0", "optimum-executorch==1.1.0"],
     "onnxruntime-genai": ["onnxruntime==1.32.0", "onnxruntime-genai==0.18.0", "onnx", "onnx-ir", "transformers"],
-    "llama.cpp": ["llama-cpp-python==0.3.36"],  # built from source with cmake (several minutes on 2 cores)
+    "llama.cpp": ["llama-cpp-python==0.3.36"],  # edgepack.backends.gguf.LLAMA_CPP: built from source (~8 min on 2 cores)
 }
 # onnxruntime-genai 0.18's builder imports models newer than the transformers optimum-executorch pins
 # (5.0.0rc1): the builder alone sees a newer transformers, from a folder put first on its PYTHONPATH.
@@ -62,7 +62,7 @@ class Anchor:
                             env={"PYTHONPATH": src})  # fmt: skip
 
 
-RUNTIME = {"optimum-executorch": "executorch", "onnxruntime-genai": "onnx", "llama.cpp": "llama.cpp"}
+RUNTIME = {"optimum-executorch": "executorch", "onnxruntime-genai": "onnx", "llama.cpp": "gguf"}  # anchor -> target
 
 
 def prepare_anchors(
@@ -117,7 +117,9 @@ def ensure_env(env_dir: Path, progress: Callable[[str], None] = lambda message: 
             _run([sys.executable, "-m", "venv", str(env_dir)], "create the anchors' venv")
         except RuntimeError as exc:
             return str(python), {name: str(exc) for name in names}
-    env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", "-DGGML_NATIVE=ON")}
+    from edgepack.backends.gguf import LLAMA_CPP_CMAKE_ARGS  # the same build as edgepack's own llama.cpp runs
+
+    env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", LLAMA_CPP_CMAKE_ARGS)}
     for name in missing:
         packages = REQUIREMENTS[name]
         progress(f"anchors: installing {', '.join(packages)} into {env_dir}")

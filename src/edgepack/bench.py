@@ -24,12 +24,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-# Modules a runtime that is not an edgepack backend loads before any model (backends list theirs in ``preload``).
-ANCHOR_PRELOAD = {"llama.cpp": ("llama_cpp",)}
 PROMPT_TEXT = (
     "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
     "movable metal type, oil-based ink and a wooden screw press. Books became cheaper, literacy spread across "
@@ -251,8 +250,9 @@ def worker(spec: dict) -> dict:
     kind = spec["kind"]
     runtime_key = spec["target"] if kind == "artifact" else spec["anchor_runtime"]
     backend = _backend(runtime_key)
-    for module in backend.preload if backend else ANCHOR_PRELOAD.get(runtime_key, ()):
-        __import__(module)
+    for module in backend.preload if backend else ():
+        if find_spec(module) is not None:  # e.g. llama_cpp: an optional runtime
+            __import__(module)
     if backend and protocol.threads:
         backend.set_threads(protocol.threads)
     baseline = _rss("VmRSS")
@@ -265,9 +265,17 @@ def worker(spec: dict) -> dict:
         **info,
         "load_seconds": load_seconds,
         **figures,
-        "peak_rss_bytes": _rss("VmHWM"),
-        "baseline_rss_bytes": baseline,
+        **_memory(runner, baseline),
     }
+
+
+def _memory(runner, baseline: int) -> dict:
+    """Peak and baseline RSS of the process that ran the model: this one, or the runner's own child (llama.cpp
+    runs in one: ``edgepack.backends.gguf.runner.LlamaCppProcess``)."""
+    if hasattr(runner, "process_rss"):
+        baseline, peak = runner.process_rss()
+        return {"peak_rss_bytes": peak, "baseline_rss_bytes": baseline}
+    return {"peak_rss_bytes": _rss("VmHWM"), "baseline_rss_bytes": baseline}
 
 
 def _open(spec: dict, protocol: Protocol):
@@ -285,15 +293,12 @@ def _open(spec: dict, protocol: Protocol):
     options = {"threads": protocol.threads} if backend.threads_option and protocol.threads else {}
     runner = backend.open_runner(root, artifact, **options)
     note = backend.host_note if backend.host_note and sys.platform != "darwin" else ""
+    note = getattr(runner, "host_note", None) or note
     return runner, {"runtime": runtime_label(artifact.target), "path": artifact.path, "note": note}
 
 
 def runtime_label(target: str) -> str:
-    """The runtime and version that ran ``target`` (a backend, or an anchor's runtime such as llama.cpp)."""
-    from importlib.metadata import version
-
-    if target == "llama.cpp":
-        return f"llama.cpp (llama-cpp-python {version('llama-cpp-python')})"
+    """The runtime and version that ran ``target`` (a backend's, or an anchor's: the backend it runs like)."""
     return _backend(target).runtime_label()
 
 

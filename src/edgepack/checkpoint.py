@@ -112,7 +112,7 @@ class Checkpoint:
         """Where the weights came from, without the build machine's paths: a hub id, or a folder or file name."""
         if self.extra.get("model_id"):
             return self.extra["model_id"]
-        return Path(self.extra.get("gguf") or self.source).expanduser().name or str(self.source)
+        return Path(self.extra.get("gguf_file") or self.source).expanduser().name or str(self.source)
 
     @property
     def dtype(self) -> str:
@@ -210,7 +210,7 @@ def resolve(model: str | Path, *, allow_pickle: bool = False, trust_remote_code:
         if not path.is_file():
             raise CheckpointError(f"GGUF file {path} does not exist.")
         folder = convert_gguf(path)
-        return _check_folder(folder, text, allow_pickle, trust_remote_code, {"gguf": str(path.resolve())})
+        return _check_folder(folder, text, allow_pickle, trust_remote_code, {"gguf_file": str(path.resolve())})
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path} is a file, not a model folder. Pass a Hugging Face folder or a .gguf file.")

@@ -203,7 +203,7 @@ class _ReadWeights:
         nbytes = 0
         for pname, source in self.sources.items():
             tensor = self.index.read(source, self.dtype)
-            if self.transform is not None:
+            if self.transform is not None and pname == "weight":  # a bias (Qwen2's q/k/v) is never quantized
                 tensor = self.transform(self.module_name, module, tensor)
             module._parameters[pname] = torch.nn.Parameter(tensor, requires_grad=False)
             nbytes += tensor.numel() * tensor.element_size()

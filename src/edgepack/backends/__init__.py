@@ -23,11 +23,12 @@ from edgepack.backends.artifact import (  # noqa: F401 - the contract every back
     ExportRequest,
     find_codes,
     heartbeat,
+    integer_settings,
 )
 from edgepack.errors import ExportError
 
 # The registration line: one name per folder under edgepack/backends/, in the order targets are listed.
-BUILTIN = ("executorch", "onnx", "coreml", "mlx")
+BUILTIN = ("executorch", "onnx", "coreml", "mlx", "gguf")
 MIB = 1 << 20
 
 

@@ -116,6 +116,16 @@ class Artifact:
         return cls(**json.loads((folder / ARTIFACT_FILE).read_text()))
 
 
+def integer_settings(recipe, notes: list[str]):
+    """The recipe's integer settings as (where, quant); a float setting whose width is not the recipe's dtype adds
+    its line to ``notes`` instead (every backend keeps such weights in the recipe's dtype)."""
+    for where, quant in recipe.settings():
+        if not quant.is_float:
+            yield where, quant
+        elif quant.bits != (16 if recipe.dtype == "float16" else 32):
+            notes.append(f"{where}: fp{quant.bits} weights inside a {recipe.dtype} recipe are kept {recipe.dtype}")
+
+
 def find_codes(book, module: str, weight, quant):
     """The codes of ``module`` from the code ``book``, or ``weight`` rounded to nearest when it has none (a caller
     that built its request by hand); either way, ``edgepack.codes``' one definition of the codes."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.backends import Artifact, ExportRequest
+from edgepack.backends import Artifact, ExportRequest, integer_settings
 from edgepack.backends.mlx import BACKEND
 from edgepack.errors import ExportError
 
@@ -46,12 +46,8 @@ class MLXExporter:
     backend = BACKEND
 
     def unhonoured(self, recipe) -> list[str]:
-        lines = []
-        for where, quant in recipe.settings():
-            if quant.is_float:
-                if quant.bits != (16 if recipe.dtype == "float16" else 32):
-                    lines.append(f"{where}: fp{quant.bits} weights inside a {recipe.dtype} recipe are kept {recipe.dtype}")
-                continue
+        lines: list[str] = []
+        for where, quant in integer_settings(recipe, lines):
             if quant.bits not in MLX_BITS:
                 lines.append(f"{where}: MLX has no {quant.bits}-bit affine kernel; the weights stay {recipe.dtype}")
             if quant.format == "palette":
