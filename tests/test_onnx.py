@@ -161,7 +161,8 @@ def test_genai_config_describes_the_model(exports):
     hf = checkpoint.config
     model, decoder = config["model"], config["model"]["decoder"]
     assert model["type"] == "gemma2" and model["vocab_size"] == hf.vocab_size == 320
-    assert (model["bos_token_id"], model["eos_token_id"], model["pad_token_id"]) == (1, 2, 0)
+    # every backend stops at the same ids: generation_config's eos (2) and the tokenizer's eos token (<|im_end|>, 4)
+    assert (model["bos_token_id"], model["eos_token_id"], model["pad_token_id"]) == (1, [2, 4], 0)
     assert model["context_length"] == config["search"]["max_length"] == artifact.max_seq_len == 64
     assert (decoder["num_hidden_layers"], decoder["num_attention_heads"], decoder["num_key_value_heads"]) == (
         hf.num_hidden_layers,

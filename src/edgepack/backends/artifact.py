@@ -61,6 +61,7 @@ class ExportRequest:
     prefill_chunk: int = PREFILL_CHUNK
     tokenizer_dir: Path | None = None  # the export's packaged tokenizer folder (None: the checkpoint's own files)
     codes: Any = None  # edgepack.codes.CodeBook: the integer codes to pack (None: rounded to nearest here)
+    _special: Any = field(default=None, init=False, repr=False)
 
     @property
     def facts(self):
@@ -69,6 +70,13 @@ class ExportRequest:
 
     def codes_of(self, module: str, weight, quant):
         return find_codes(self.codes, module, weight, quant)
+
+    def special_ids(self) -> SpecialIds:
+        """bos, eos and pad ids as the device tokenizer sees them (generation_config first, then the tokenizer
+        config's tokens; eos: all of them), falling back to the model config: one answer for every backend."""
+        if self._special is None:
+            self._special = _special_ids(self)
+        return self._special
 
     def tokenizer_files(self) -> dict[str, Path]:
         """The HF-format tokenizer files (tokenizer.json, its config, chat template, generation config)."""
@@ -92,6 +100,34 @@ class ExportRequest:
             max_seq_len=self.max_seq_len,
             **fields,
         )
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    bos: int | None
+    eos: tuple[int, ...]
+    pad: int | None
+
+
+def _special_ids(request: ExportRequest) -> SpecialIds:
+    from edgepack.errors import CheckpointError
+    from edgepack.tokenizer import DeviceTokenizer
+
+    config = request.checkpoint.text_config_dict if request.checkpoint is not None else {}
+    ids = {key: config.get(f"{key}_token_id") for key in ("bos", "pad")}
+    eos = config.get("eos_token_id")
+    eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    try:
+        folder = request.tokenizer_dir or (request.checkpoint.path if request.checkpoint is not None else None)
+        tokenizer = DeviceTokenizer(folder) if folder is not None else None
+    except CheckpointError:  # no tokenizer.json: the config's ids are all there is
+        tokenizer = None
+    if tokenizer is not None:
+        ids = {key: tokenizer.token_id(key) if tokenizer.token_id(key) is not None else value
+               for key, value in ids.items()}  # fmt: skip
+        eos |= set(tokenizer.eos_ids)
+    as_int = lambda v: int(v) if v is not None else None  # noqa: E731
+    return SpecialIds(as_int(ids["bos"]), tuple(sorted(int(i) for i in eos)), as_int(ids["pad"]))
 
 
 @dataclass

@@ -461,7 +461,6 @@ def add_metadata(mlmodel, request: ExportRequest, compute: str, layout: dict) ->
     import edgepack
 
     checkpoint, recipe = request.checkpoint, request.recipe
-    config = checkpoint.text_config_dict
     mlmodel.author = "edgepack"
     mlmodel.version = edgepack.__version__
     mlmodel.short_description = (
@@ -489,8 +488,8 @@ def add_metadata(mlmodel, request: ExportRequest, compute: str, layout: dict) ->
             "edgepack.context_length": str(request.max_seq_len),
             "edgepack.model_context_length": str(checkpoint.context_length),
             "edgepack.tokenizer_files": json.dumps([f"tokenizer/{n}" for n in request.tokenizer_files()]),
-            "edgepack.eos_token_id": json.dumps(config.get("eos_token_id")),
-            "edgepack.bos_token_id": json.dumps(config.get("bos_token_id")),
+            "edgepack.eos_token_id": json.dumps(list(request.special_ids().eos)),
+            "edgepack.bos_token_id": json.dumps(request.special_ids().bos),
             "edgepack.cache_layout": layout["cache_layout"],
         }
     )

@@ -198,7 +198,8 @@ def _preprocess_shares_weights():
 def constant_methods(config, request: ExportRequest) -> dict:
     """The constant methods the ExecuTorch LLM runner (and edgepack's runner) read from the program."""
     text = config.get_text_config()
-    bos, eos = _special_ids(text, request)
+    ids = request.special_ids()
+    bos, eos = ids.bos, list(ids.eos)
     methods = {
         "get_max_seq_len": prefill_chunk(request),
         "get_max_context_len": request.max_seq_len,
@@ -215,24 +216,6 @@ def constant_methods(config, request: ExportRequest) -> dict:
     if window:
         methods["get_sliding_window"] = int(window)
     return methods
-
-
-def _special_ids(text_config, request: ExportRequest) -> tuple[int | None, list[int]]:
-    """bos id and eos ids as the device tokenizer sees them, falling back to the model config."""
-    from edgepack.errors import CheckpointError
-    from edgepack.tokenizer import DeviceTokenizer
-
-    bos, eos = text_config.bos_token_id, text_config.eos_token_id
-    eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    try:
-        folder = request.tokenizer_dir or (request.checkpoint.path if request.checkpoint is not None else None)
-        tokenizer = DeviceTokenizer(folder) if folder is not None else None
-    except CheckpointError:  # no tokenizer.json: the config's ids are all there is
-        tokenizer = None
-    if tokenizer is not None:
-        bos = tokenizer.token_id("bos") if tokenizer.token_id("bos") is not None else bos
-        eos |= set(tokenizer.eos_ids)
-    return (int(bos) if bos is not None else None), sorted(int(i) for i in eos)
 
 
 def _details(config, request: ExportRequest, metadata: dict, size: int, external: bool) -> dict:

@@ -87,7 +87,7 @@ class GGUFExporter:
             writer.close()
         from edgepack.backends.gguf.modelfile import modelfile
 
-        (out / MODELFILE).write_text(modelfile(GGUF_FILE, tokenizer_dir, request.max_seq_len))
+        (out / MODELFILE).write_text(modelfile(GGUF_FILE, tokenizer_dir, request.max_seq_len, request.special_ids().eos))
         counts = Counter(k.name for _, k in tensors.values())
         return request.artifact(
             self.backend,

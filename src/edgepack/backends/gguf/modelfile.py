@@ -23,7 +23,7 @@ END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>")
 SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "repetition_penalty": "repeat_penalty"}
 
 
-def modelfile(gguf_name: str, tokenizer_dir: Path, max_seq_len: int) -> str:
+def modelfile(gguf_name: str, tokenizer_dir: Path, max_seq_len: int, eos: tuple[int, ...]) -> str:
     template = _chat_template(tokenizer_dir)
     lines = ["# ollama: `ollama create NAME -f Modelfile` in this folder; written by edgepack", f"FROM ./{gguf_name}", ""]
     go = next((t for marker, t in TEMPLATES.items() if marker in template), None)
@@ -31,7 +31,7 @@ def modelfile(gguf_name: str, tokenizer_dir: Path, max_seq_len: int) -> str:
         lines += [f'TEMPLATE """{go}"""', ""]
     else:
         lines += ["# TEMPLATE: ollama reads the chat template inside the GGUF", ""]
-    for stop in _stops(tokenizer_dir, template):
+    for stop in _stops(tokenizer_dir, template, eos):
         lines.append(f"PARAMETER stop {json.dumps(stop)}")
     lines.append(f"PARAMETER num_ctx {max_seq_len}")
     lines += [f"PARAMETER {ours} {value}" for ours, value in _sampling(tokenizer_dir)]
@@ -47,12 +47,10 @@ def _chat_template(tokenizer_dir: Path) -> str:
     return template if isinstance(template, str) else json.dumps(template)
 
 
-def _stops(tokenizer_dir: Path, template: str) -> list[str]:
-    """End-of-turn strings: the generation config's EOS tokens, then the known markers the template uses."""
-    ids = _json(tokenizer_dir / "generation_config.json").get("eos_token_id")
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
+def _stops(tokenizer_dir: Path, template: str, eos: tuple[int, ...]) -> list[str]:
+    """End-of-turn strings: the export's EOS tokens, then the known markers the template uses."""
     names = _token_names(tokenizer_dir)
-    stops = [names[i] for i in ids if i in names]
+    stops = [names[i] for i in eos if i in names]
     stops += [m for m in END_OF_TURN if m in template and m in names.values()]
     return list(dict.fromkeys(stops))
 

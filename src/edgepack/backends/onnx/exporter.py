@@ -271,10 +271,9 @@ def module_of(node) -> str | None:
 def genai_config(config, request: ExportRequest) -> dict:
     """onnxruntime-genai's config for the folder: the decoder's interface, sizes, special ids, search defaults."""
     gen = _generation_config(request)
-    eos = gen.get("eos_token_id", config.eos_token_id)
-    eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
-    pad = config.pad_token_id if config.pad_token_id is not None else gen.get("pad_token_id", eos[0])
-    bos = gen.get("bos_token_id", config.bos_token_id)
+    ids = request.special_ids()
+    eos, bos = list(ids.eos), ids.bos
+    pad = ids.pad if ids.pad is not None else eos[0]
     decoder = {
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
         "filename": MODEL_FILE,
