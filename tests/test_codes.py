@@ -219,7 +219,7 @@ def test_every_backend_packs_the_one_book(gptq_export):
     assert record["codes"]["zero_points"]["method"].startswith("gptq (8x64 tokens")
     assert record["codes"]["zero_points"]["calibration"]["source"] == "builtin"
     keys = {a.target: a.details["codes"] for a in gptq_export.artifacts}
-    assert keys == dict.fromkeys(("onnx", "coreml", "executorch", "mlx"), found["zero_points"].key)
+    assert keys == dict.fromkeys(("onnx", "coreml", "executorch", "mlx", "gguf"), found["zero_points"].key)
     assert gptq_export.parity.passed
     split = {a.target: a.split for a in gptq_export.parity.artifacts}
     # the split's quantization half is the book's codes, the same eager model for every target

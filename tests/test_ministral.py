@@ -163,7 +163,7 @@ def test_tekken_folder_is_packaged_for_every_runtime(packaged_tekken):
     package, out = packaged_tekken
     assert package.source == "tekken" and package.converted and package.reference == "mistral-common"
     assert package.runtime_files == {"executorch": "tekken.json", "onnxruntime": "tokenizer.json", "coreml": "tokenizer.json",
-                                     "mlx": "tokenizer.json"}  # fmt: skip
+                                     "mlx": "tokenizer.json", "llama.cpp": "tokenizer.json"}  # fmt: skip
     assert {"tekken.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(package.files)
     assert package.chat_template == "mistral-common" and package.adds_bos and package.bos_fixed
     assert package.checked_strings == 11  # ten strings and one chat turn
@@ -299,7 +299,7 @@ def int4_export(mistral3, tmp_path_factory):
 
 
 def test_int4_block32_passes_the_parity_gate_on_every_target(int4_export):
-    assert {a.target for a in int4_export.artifacts} == {"executorch", "onnx", "coreml", "mlx"}
+    assert {a.target for a in int4_export.artifacts} == {"executorch", "onnx", "coreml", "mlx", "gguf"}
     assert int4_export.parity.passed, int4_export.parity.failure_message(int4_export.out)
 
 
