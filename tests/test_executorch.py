@@ -44,7 +44,9 @@ ARCHS = [
 # scaled embeddings, soft-capping and local/global attention) and the slow tier the rest. ONNX and Core ML
 # test every architecture in the default tier.
 FP32_DEFAULT = {"llama", "mistral-sw8", "gemma2"}
-INT4_DEFAULT = {"llama"}
+# int4 .pte against eager quantization: slow tier only (51 s). The default tier still lowers int4 twice: the code
+# book read back from every backend (test_codes' gptq_export) and Ministral 3's gate on every target.
+INT4_DEFAULT: set[str] = set()
 
 
 def _arch_params(default_ids=None):
