@@ -11,7 +11,9 @@ Tiers (markers are declared in pyproject.toml):
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -33,9 +35,9 @@ def tiny_checkpoint(tmp_path_factory):
     built: dict[tuple, Path] = {}
 
     def make(arch: str, **overrides) -> Path:
-        key = (arch, tuple(sorted(overrides.items())))
+        key = (arch, json.dumps(overrides, sort_keys=True))  # overrides may hold dicts (rope_parameters)
         if key not in built:
-            name = "-".join([arch] + [f"{k}{v}" for k, v in sorted(overrides.items())])
+            name = re.sub(r"[^\w.-]", "", "-".join([arch] + [f"{k}{v}" for k, v in sorted(overrides.items())]))[:60]
             built[key] = build_tiny_checkpoint(arch, tmp_path_factory.mktemp(name), **overrides)
         return built[key]
 

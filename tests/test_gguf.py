@@ -19,7 +19,12 @@ from test_onnx import export as export_one
 
 # llama.cpp applies no window for Mistral's or Ministral 8B's layouts: those export within their window only
 # (below); Ministral 3 (YaRN + Llama-4 query scaling, tied head) joins the ONNX list.
-GGUF_ARCHS = {**{k: v for k, v in ARCHS.items() if k != "mistral-sw8"}, "ministral3": ("ministral3", {})}
+# Llama 3's rope (per-frequency factors, a rope_freqs tensor in the GGUF) with a tiny original context so that
+# every band of the scaling acts on the 16-dim heads.
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32, "rope_theta": 10000.0}  # fmt: skip
+GGUF_ARCHS = {**{k: v for k, v in ARCHS.items() if k != "mistral-sw8"}, "ministral3": ("ministral3", {}),
+              "llama3-rope": ("llama", {"rope_parameters": LLAMA3_ROPE})}  # fmt: skip
 
 export = partial(export_one, target="gguf")
 
@@ -111,6 +116,18 @@ def test_tekken_gets_a_pre_tokenizer_llama_cpp_knows(tmp_path):
     assert kv["tokenizer.ggml.pre"] == "pixtral" and len(kv["tokenizer.ggml.tokens"]) == 131072
 
 
+def test_llama3_rope_travels_as_rope_freqs(exports):
+    """The factors that scale Llama 3's rope are in the file (llama.cpp divides each frequency by them); the fp32
+    comparison above passes only because the reader applies them: without them the rope differs."""
+    from edgepack.backends.gguf.arch import rope_freqs
+
+    checkpoint, artifact, root = exports("llama3-rope")
+    factors = next(t for t in _reader(root, artifact).tensors if t.name == "rope_freqs.weight")
+    want = rope_freqs(checkpoint.load_model("float32").config, 16)
+    assert np.array_equal(np.asarray(factors.data), want)
+    assert np.unique(want).size == 3 and want.min() == 1.0 and want.max() == 8.0  # all three bands: 1, smooth, 8
+
+
 def test_gemma_windows_and_norms(exports):
     """Gemma 3: the per-layer sliding pattern from edgepack's facts, the local rope base, norms written as 1 + w."""
     checkpoint, artifact, root = exports("gemma3_text")
@@ -146,6 +163,45 @@ def test_windows_llama_cpp_cannot_apply_are_refused_past_the_window(tiny_checkpo
     prompt = PROMPT[:6]
     metrics = run_and_compare(tmp_path / "ok", artifact, checkpoint.load_model("float32"), prompt=prompt, steps=2)
     assert metrics["max_abs_diff"] < 1e-4
+
+
+def _unigram(folder: Path) -> None:
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.Unigram([("<pad>", 0.0), ("a", -1.0)], 0, False)).save(str(folder / "tokenizer.json"))
+
+
+def _oversized_vocab(folder: Path) -> None:
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["model"]["vocab"]["<extra>"] = 320  # one id past the 320-row embedding
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+
+
+YARN_TWO_MSCALES = {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 8, "rope_theta": 1e6,
+                    "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 2.0, "mscale_all_dim": 1.0,
+                    "llama_4_scaling_beta": 0.1}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch, overrides, edit, message", [
+    ("gemma2", {"query_pre_attn_scalar": 32}, None, "query_pre_attn_scalar 32, llama.cpp by its head dim 16"),
+    ("ministral3", {"rope_parameters": YARN_TWO_MSCALES}, None, "carries one YaRN mscale"),
+    ("phi3", {"rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8,
+                                  "long_factor": [2.0] * 8, "original_max_position_embeddings": 64}}, None,
+     "does not write rope type 'longrope'"),
+    ("llama", {}, _unigram, "writes BPE tokenizers; this one is 'Unigram'"),
+    ("llama", {}, _oversized_vocab, "the model's embedding 320 rows"),
+], ids=["gemma-attention-scale", "yarn-two-mscales", "rope-type", "unigram-tokenizer", "tokenizer-past-vocab"])  # fmt: skip
+def test_what_llama_cpp_cannot_express_is_refused(tmp_path, arch, overrides, edit, message):
+    """Each refusal names the problem and says to export another target, before a file is left behind."""
+    from edgepack.errors import ExportError
+    from edgepack.tiny import build_tiny_checkpoint
+
+    folder = build_tiny_checkpoint(arch, tmp_path / "model", **overrides)
+    if edit:
+        edit(folder)
+    with pytest.raises(ExportError, match=message) as error:
+        export(folder, tmp_path / "out")
+    assert "Export another target" in str(error.value)
 
 
 def test_cli_refuses_a_window_with_one_line(tiny_checkpoint, tmp_path):
@@ -295,7 +351,7 @@ def test_llama_cpp_runs_every_architecture_like_eager(llama_cpp, tiny_checkpoint
     source = shutil.copytree(tiny_checkpoint(arch, **overrides), tmp_path / "tiny-model")
     seq = 8 if key == "ministral" else 64
     checkpoint, artifact = export(source, tmp_path, max_seq_len=seq)
-    runner = LlamaCppRunner(tmp_path, artifact)
+    runner = LlamaCppRunner(tmp_path / artifact.path, artifact.max_seq_len, artifact.weight_bits)
     prompt = PROMPT[:6] if key == "ministral" else PROMPT
     metrics = run_and_compare(tmp_path, artifact, checkpoint.load_model("float32"), prompt=prompt,
                               steps=2 if key == "ministral" else 8, runner=runner)  # fmt: skip
@@ -312,5 +368,62 @@ def test_smollm2_gguf_answers_in_llama_cpp(llama_cpp, smollm2_int4):
     assert gguf["passed"], gguf
     llm = Llama(model_path=str(smollm2_int4 / "gguf" / "model.gguf"), n_ctx=256, verbose=False)
     assert llm.metadata["tokenizer.ggml.pre"] == "smollm"
+    assert_same_tokens(llm, smollm2_int4 / "tokenizer")
     reply = llm.create_chat_completion([{"role": "user", "content": QUESTION}], max_tokens=24, temperature=0.0)
     assert "Paris" in reply["choices"][0]["message"]["content"]
+
+
+TOKEN_TEXT = "Hello world! Ça va? 3.14159 ids\n\n  indented <|im_start|>user\nWhat's 12+30?<|im_end|>"
+
+
+def assert_same_tokens(llm, tokenizer_dir: Path) -> None:
+    """llama.cpp's tokenizer, read from the file, splits text as the packaged tokenizer.json does."""
+    from tokenizers import Tokenizer
+
+    want = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode(TOKEN_TEXT, add_special_tokens=False).ids
+    assert llm.tokenize(TOKEN_TEXT.encode(), add_bos=False, special=True) == want
+
+
+def _sentencepiece_style_tokenizer(folder: Path) -> None:
+    """A byte-fallback BPE with a Metaspace pre-tokenizer (the layout of SentencePiece models converted to
+    tokenizer.json: Mistral v0.1-v0.3, Llama 2, Phi-3), trained on a little text; ids in merge order."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])  # fmt: skip
+    text = ["Hello world, the quick brown fox jumps over the lazy dog. " * 20, "What is 12 plus 30? Indented ids."]
+    tokenizer.train_from_iterator(text, trainers.BpeTrainer(vocab_size=600, special_tokens=specials))
+    tokenizer.save(str(folder / "tokenizer.json"))
+
+
+@pytest.mark.slow
+def test_sentencepiece_style_vocab_tokenizes_in_llama_cpp_as_the_reference(llama_cpp, tmp_path):
+    """A byte-fallback BPE is written as llama.cpp's "llama" vocabulary (scores in merge order, byte pieces as
+    BYTE); llama.cpp, reading it from the file, tokenizes text (with bytes it has no piece for) as tokenizers does."""
+    from llama_cpp import Llama
+
+    from edgepack.tiny import build_tiny_checkpoint
+
+    folder = build_tiny_checkpoint("llama", tmp_path / "spm-model", vocab_size=640)
+    _sentencepiece_style_tokenizer(folder)
+    _, artifact = export(folder, tmp_path)
+    llm = Llama(model_path=str(tmp_path / artifact.path), n_ctx=64, vocab_only=True, verbose=False)
+    assert llm.metadata["tokenizer.ggml.model"] == "llama"
+    assert_same_tokens(llm, folder)
+
+
+@pytest.mark.slow
+def test_a_dead_llama_cpp_process_is_one_clear_error(llama_cpp, tiny_checkpoint, tmp_path):
+    """llama.cpp ending its process (an assertion, an illegal instruction) reaches parity as an ArtifactError."""
+    from edgepack.backends.gguf.runner import LlamaCppProcess
+    from edgepack.errors import ArtifactError
+
+    _, artifact = export(tiny_checkpoint("llama"), tmp_path)
+    runner = LlamaCppProcess(tmp_path, artifact)
+    assert runner.forward(PROMPT[:3]).shape == (3, 320)
+    runner.proc.kill()
+    with pytest.raises(ArtifactError, match="llama.cpp's process ended"):
+        runner.forward(PROMPT[:1])

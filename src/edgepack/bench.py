@@ -255,7 +255,7 @@ def worker(spec: dict) -> dict:
             __import__(module)
     if backend and protocol.threads:
         backend.set_threads(protocol.threads)
-    baseline = _rss("VmRSS")
+    baseline = own_rss("VmRSS")
     start = time.perf_counter()
     runner, info = _open(spec, protocol)
     load_seconds = time.perf_counter() - start
@@ -275,7 +275,7 @@ def _memory(runner, baseline: int) -> dict:
     if hasattr(runner, "process_rss"):
         baseline, peak = runner.process_rss()
         return {"peak_rss_bytes": peak, "baseline_rss_bytes": baseline}
-    return {"peak_rss_bytes": _rss("VmHWM"), "baseline_rss_bytes": baseline}
+    return {"peak_rss_bytes": own_rss("VmHWM"), "baseline_rss_bytes": baseline}
 
 
 def _open(spec: dict, protocol: Protocol):
@@ -308,7 +308,7 @@ def _backend(target: str):
     return get_backend(target) if target in target_names() else None
 
 
-def _rss(field_name: str) -> int:
+def own_rss(field_name: str) -> int:
     """VmRSS / VmHWM in bytes from /proc (Linux); ru_maxrss elsewhere (bytes on macOS)."""
     status = Path("/proc/self/status")
     if status.is_file():

@@ -109,7 +109,7 @@ def _rope(config, arch: GGUFArch) -> list[tuple[str, str, object]]:
     if "rope_theta_swa" in params:
         out.append(("add_rope_freq_base_swa", "local rope theta", params["rope_theta_swa"]))
     kind = params.get("rope_type", "default")
-    if kind == "default":
+    if kind in ("default", "llama3"):  # llama3: the per-frequency factors travel as a tensor (``rope_freqs``)
         return out
     if kind == "linear":
         from gguf import RopeScalingType
@@ -139,3 +139,29 @@ def _yarn(params: dict, arch: GGUFArch) -> list[tuple[str, str, object]]:
         if params.get("llama_4_scaling_beta") is not None:
             out.append(("add_attn_temperature_scale", "Llama-4 query scaling", params["llama_4_scaling_beta"]))
     return out
+
+
+def rope_freqs(config, head_dim: int):
+    """Llama 3's rope as llama.cpp takes it: a ``rope_freqs`` tensor of per-frequency divisors (convert_hf_to_gguf's
+    ``LlamaModel.generate_extra_tensors``), or None for any other rope."""
+    import math
+
+    import numpy as np
+
+    params = getattr(config, "rope_parameters", None) or {}
+    if params.get("rope_type") != "llama3":
+        return None
+    base, factor = params.get("rope_theta", 10000.0), params.get("factor", 8.0)
+    low, high = params.get("low_freq_factor", 1.0), params.get("high_freq_factor", 4.0)
+    context = params.get("original_max_position_embeddings", 8192)
+    out = []
+    for freq in 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)):
+        wavelen = 2 * math.pi / freq
+        if wavelen < context / high:
+            out.append(1.0)
+        elif wavelen > context / low:
+            out.append(factor)
+        else:
+            smooth = (context / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)

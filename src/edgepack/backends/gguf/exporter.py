@@ -18,7 +18,7 @@ import numpy as np
 
 from edgepack.backends import Artifact, ExportRequest, integer_settings
 from edgepack.backends.gguf import BACKEND
-from edgepack.backends.gguf.arch import GGUFArch, arch_for, hparams
+from edgepack.backends.gguf.arch import GGUFArch, arch_for, hparams, rope_freqs
 from edgepack.backends.gguf.blocks import block_type, pack, permute_rows
 from edgepack.errors import ExportError
 
@@ -173,6 +173,9 @@ def _tensors(model, request: ExportRequest, arch: GGUFArch):
                 value = permute_rows(value, rows)
             data, kind = value.numpy().astype(np.float32), gguf.GGMLQuantizationType.F32
         out[target] = (data, kind)
+    factors = rope_freqs(config, request.facts.head_dim)
+    if factors is not None:
+        out["rope_freqs.weight"] = (factors, gguf.GGMLQuantizationType.F32)
     tied = _drop_tied_head(out, config)
     return out, types, tied, notes
 
@@ -188,17 +191,21 @@ def _weight(module: str, weight, request: ExportRequest, float_type, rows: int |
     """(array, ggml type, note or None) for one linear or embedding weight."""
     quant = request.recipe.for_module(module)
     if quant is None or quant.is_float:
-        value = permute_rows(weight.float(), rows) if rows else weight.float()
-        return value.numpy().astype(np.float16 if float_type.name == "F16" else np.float32), float_type, None
+        return _float(weight, float_type, rows), float_type, None
     codes = request.codes_of(module, weight, quant)  # the book's; rounded in row chunks without one
     kind = block_type(codes)
     if kind is None:
-        value = permute_rows(codes.dequantize(), rows) if rows else codes.dequantize()
         note = f"{module}: int{codes.bits} codes in groups of {codes.group} fit no llama.cpp block; kept {float_type.name}"
-        return value.numpy().astype(np.float16 if float_type.name == "F16" else np.float32), float_type, note
+        return _float(codes.dequantize(), float_type, rows), float_type, note
     if rows:
         codes = _permuted(codes, rows)
     return pack(codes, kind), kind, None
+
+
+def _float(weight, float_type, rows: int | None) -> np.ndarray:
+    value = weight.float()
+    value = permute_rows(value, rows) if rows else value
+    return value.numpy().astype(np.float16 if float_type.name == "F16" else np.float32)
 
 
 def _permuted(codes, heads: int):

@@ -43,9 +43,9 @@ def _has_llama_cpp() -> bool:
 class LlamaCppRunner:
     """The file in llama.cpp, every position's logits (``logits_all``), the KV cache kept across calls."""
 
-    def __init__(self, export_root: Path, artifact, threads: int | None = None, **_options):
-        self.llm = _open_llama(Path(export_root) / artifact.path, artifact.max_seq_len, artifact.weight_bits, threads)
-        self.max_seq_len = artifact.max_seq_len
+    def __init__(self, path: Path, max_seq_len: int, weight_bits: int, threads: int | None = None):
+        self.llm = _open_llama(Path(path), max_seq_len, weight_bits, threads)
+        self.max_seq_len = max_seq_len
         self.reset()
 
     def reset(self) -> None:
@@ -64,8 +64,8 @@ def _open_llama(path: Path, n_ctx: int, weight_bits: int, threads: int | None):
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise ArtifactError("The gguf target runs in llama.cpp: pip install 'edgepack[llama-cpp]' (llama-cpp-python, "
-                            "built from source: several minutes).") from None  # fmt: skip
+        raise ArtifactError(f"The gguf target runs in llama.cpp: make llama-cpp, or CMAKE_ARGS={LLAMA_CPP_CMAKE_ARGS!r} "
+                            "pip install 'edgepack[llama-cpp]' (built from source: several minutes).") from None  # fmt: skip
     cache = {"type_k": F32, "type_v": F32} if weight_bits >= 32 else {}  # see F32 above
     try:
         return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
@@ -77,9 +77,10 @@ def _open_llama(path: Path, n_ctx: int, weight_bits: int, threads: int | None):
 class LlamaCppProcess:
     """``LlamaCppRunner`` in a child process (``python -m edgepack.backends.gguf.runner``), driven over pipes.
 
-    llama.cpp dies with SIGILL in a process where an ExecuTorch (XNNPACK) program has run (measured: parity of an
-    all-target export), so parity never loads it beside the other runtimes. The child's memory is its own: bench
-    reads it with ``process_rss``."""
+    llama.cpp ends the whole process on a failed assertion or an illegal instruction (a ``-march=native`` build
+    died with SIGILL here on AMX kernels; a Phi-3-named file without Phi-3's tokens aborts in vocabulary loading):
+    in a child, that becomes an ArtifactError naming the cause, and the parity run goes on. The child's memory is
+    its own: bench reads it with ``process_rss``."""
 
     def __init__(self, export_root: Path, artifact, threads: int | None = None, **_options):
         import subprocess
@@ -137,6 +138,8 @@ def _serve() -> None:
     import pickle
     import sys
 
+    from edgepack.bench import own_rss
+
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     runner, baseline = None, 0
@@ -148,18 +151,14 @@ def _serve() -> None:
         kind, args = message[0], message[1:]
         try:
             if kind == "open":
-                baseline = _rss("VmRSS")
-                path, n_ctx, bits, threads = args
-                runner = LlamaCppRunner.__new__(LlamaCppRunner)
-                runner.llm, runner.max_seq_len = _open_llama(Path(path), n_ctx, bits, threads), n_ctx
-                runner.reset()
-                value = None
+                baseline = own_rss("VmRSS")
+                runner, value = LlamaCppRunner(*args), None
             elif kind == "forward":
                 value = runner.forward(args[0])
             elif kind == "reset":
                 value = runner.reset()
             elif kind == "rss":
-                value = (baseline, _rss("VmHWM"))
+                value = (baseline, own_rss("VmHWM"))
             else:
                 return
             reply = ("ok", value)
@@ -167,13 +166,6 @@ def _serve() -> None:
             reply = ("error", (type(exc).__name__, str(exc)))
         pickle.dump(reply, out)
         out.flush()
-
-
-def _rss(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").is_file() else []:
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 class GGUFTorchRunner:
@@ -229,7 +221,21 @@ def load_gguf_model(path: Path):
     if missing:
         raise ArtifactError(f"{path} lacks tensors for {', '.join(missing[:4])}")
     _reinit_buffers(model)
+    _apply_rope_freqs(reader, model)
     return model.eval()
+
+
+def _apply_rope_freqs(reader, model) -> None:
+    """llama.cpp divides each rope frequency by ``rope_freqs`` (Llama 3's scaling): the rebuilt default rope does
+    the same."""
+    import torch
+
+    factors = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    if factors is None:
+        return
+    rotary = next(m for m in model.modules() if hasattr(m, "inv_freq"))
+    rotary.inv_freq = rotary.inv_freq / torch.from_numpy(np.array(factors.data, dtype=np.float32))
+    rotary.original_inv_freq = rotary.inv_freq
 
 
 def _reinit_buffers(model) -> None:

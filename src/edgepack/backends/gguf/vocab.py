@@ -103,18 +103,36 @@ def _gpt2_vocab(writer, tokenizer_dir: Path, vocab_size: int) -> list[str]:
 
 
 def _llama_vocab(writer, tokenizer_dir: Path, vocab_size: int) -> list[str]:
-    import gguf
+    """SentencePiece-style BPE (byte fallback) as llama.cpp's "llama" vocabulary, read with the tokenizers library
+    (gguf's LlamaHfVocab goes through AutoTokenizer, which transformers 5 rebuilds from the config with three
+    tokens). llama.cpp merges by score: a converted SentencePiece BPE keeps its pieces in score order, so a
+    piece's score is minus its id; byte pieces (<0xNN>) are BYTE, the unknown piece UNKNOWN."""
+    import re
 
-    vocab = gguf.LlamaHfVocab(tokenizer_dir)
+    import gguf
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    if max(vocab.values()) >= vocab_size:
+        raise ExportError(f"The tokenizer has ids up to {max(vocab.values())}, the model's embedding {vocab_size} rows: "
+                          "llama.cpp would refuse the file. Export another target.")  # fmt: skip
+    reverse = {i: t for t, i in vocab.items()}
+    added = {t.content: t.special for t in tokenizer.get_added_tokens_decoder().values()}
+    unk = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"].get("unk_token")
     tokens, scores, types = [], [], []
-    for text, score, kind in vocab.all_tokens():
-        tokens.append(text)
-        scores.append(score)
+    for i in range(vocab_size):
+        token = reverse.get(i)
+        if token is None:
+            tokens.append(f"[PAD{i}]")
+            kind = gguf.TokenType.UNUSED
+        else:
+            tokens.append(token)
+            kind = (gguf.TokenType.UNKNOWN if token == unk else gguf.TokenType.BYTE if re.fullmatch(r"<0x[0-9A-F]{2}>", token)
+                    else gguf.TokenType.NORMAL if token not in added
+                    else gguf.TokenType.CONTROL if added[token] else gguf.TokenType.USER_DEFINED)  # fmt: skip
         types.append(kind)
-    for i in range(len(tokens), vocab_size):
-        tokens.append(f"[PAD{i}]".encode())
-        scores.append(-1000.0)
-        types.append(gguf.TokenType.UNUSED)
+        scores.append(-float(i) if kind == gguf.TokenType.NORMAL else 0.0)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
