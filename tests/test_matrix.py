@@ -189,7 +189,7 @@ def test_config_errors_are_reported_at_once(tmp_path, models):
     with pytest.raises(ConfigError) as info:
         load_matrix(path)
     assert (
-        "worker: unknown key; allowed keys: devices, max_seq_len, models, out, parity, recipes, targets, workers"
+        "worker: unknown key; allowed keys: cpus_per_cell, devices, max_seq_len, models, out, parity, recipes, targets, workers"
         in str(info.value)
     )
     path = write_config(

@@ -43,6 +43,24 @@ class RuntimeCost:
 
 
 @dataclass(frozen=True)
+class ExportCost:
+    """Peak RSS of this target's export, and of its parity check, on the exporting host: the libraries the stage
+    imports plus a multiple of the checkpoint's bf16 bytes. Fitted to ``edgepack bench-stages`` runs (the README's
+    memory table: SmolLM2-135M for the base, a 3.4B Ministral 3 for the multiple); the matrix schedules cells by it.
+    """
+
+    base_bytes: int
+    per_weight_byte: float
+    parity_base_bytes: int
+    parity_per_weight_byte: float
+
+    def peak(self, weight_bytes: int, parity: bool) -> int:
+        export = self.base_bytes + self.per_weight_byte * weight_bytes
+        check = self.parity_base_bytes + self.parity_per_weight_byte * weight_bytes if parity else 0
+        return int(max(export, check))
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str  # the target name: --target, the artifact's folder, Artifact.target
     runtime: str  # what runs it on device: the manifest's runtime, bundle --runtime
@@ -53,6 +71,7 @@ class Backend:
     min_os: dict[str, str]
     packages: tuple[str, ...]  # the Python packages whose version changes its output (matrix cache key)
     cost: RuntimeCost
+    export_cost: ExportCost
     exporter: str  # "module:Class", imported only when an export runs
     runner: str  # "module:factory" -> Runner, imported only when parity or bench runs
     min_seq_len: int = 2  # the shortest --max-seq-len it can export (checked before any weight is loaded)

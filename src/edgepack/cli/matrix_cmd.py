@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from edgepack.errors import ConfigError
 from edgepack.logs import quiet_libraries
 from edgepack.cli._common import Progress, handle_errors, print_json
 
@@ -24,16 +25,32 @@ from edgepack.cli._common import Progress, handle_errors, print_json
 @click.option(
     "--emit-ci", type=click.Choice(["github"]), help="Print a CI job matrix (JSON) instead of running."
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where cells run: local worker processes, or one Ray task per cell (pip install 'edgepack[ray]').",
+)
+@click.option("--address", metavar="ADDR", help="A running Ray cluster (ray://host:10001, host:6379) [default: start one here].")
+@click.option(
+    "--cache",
+    metavar="PATH|URL",
+    help="A cell cache every node reaches (a shared path, file:///..., s3://...): cells are published there, then copied into the config's out.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
 @handle_errors
-def matrix(config, workers, shard, cells, emit_ci, as_json, quiet):
+def matrix(config, workers, shard, cells, emit_ci, executor, address, cache, as_json, quiet):
     """Export every cell of CONFIG that the cache does not already hold, then print one summary.
 
-    Exit 1 if a cell failed (export error or parity), else 0.
+    Each cell needs edgepack's estimate of its peak memory; on Ray that is the task's memory resource, and a cell
+    no node can hold is refused before any cell runs. Exit 1 if a cell failed (export error or parity), else 0.
     """
     from edgepack import matrix as mx
 
+    if address and executor != "ray":
+        raise ConfigError("--address", ["names a Ray cluster; add --executor ray"])
     m = mx.load_matrix(config)
     selected_shard = mx.parse_shard(shard) if shard else None
     if emit_ci:
@@ -41,7 +58,8 @@ def matrix(config, workers, shard, cells, emit_ci, as_json, quiet):
         return
     quiet_libraries()
     with Progress(quiet) as progress:
-        summary = mx.run_matrix(m, shard=selected_shard, only=list(cells), workers=workers, progress=progress)
+        summary = mx.run_matrix(m, shard=selected_shard, only=list(cells), workers=workers, progress=progress,
+                                 executor=executor, address=address, cache=cache)
     if as_json:
         print_json(summary)
     else:

@@ -1,7 +1,7 @@
 """ExecuTorch (.pte, XNNPACK): ``exporter`` lowers the torchao-quantized model (``quantize``) wrapped over
 ExecuTorch's LLM ops (``model``); ``runner`` runs the program in ExecuTorch's Python runtime."""
 
-from edgepack.backends import MIB, Backend, RuntimeCost
+from edgepack.backends import MIB, Backend, ExportCost, RuntimeCost
 
 BACKEND = Backend(
     name="executorch",
@@ -14,6 +14,8 @@ BACKEND = Backend(
     # Assumed, then checked untuned on SmolLM2 int4-block32 at 2048 positions: 0.81-0.88 of the measured peak
     # (docs/memory.md). The runtime runs the .pte's buffers in place, with no arena of its own.
     cost=RuntimeCost(40 * MIB),
+    # bench-stages: SmolLM2 export 1.85 GB; Ministral 3 3B export 1.21x, parity 1.24x the checkpoint.
+    export_cost=ExportCost(1550 * MIB, 1.21, 1550 * MIB, 1.24),
     exporter="edgepack.backends.executorch.exporter:ExecuTorchExporter",
     runner="edgepack.backends.executorch.runner:ExecuTorchRunner",
     # XNNPACK's kernels are symmetric: a linear's zero points become a float correction over its group sums

@@ -1,7 +1,7 @@
 """ONNX (onnxruntime, onnxruntime-genai): ``exporter`` traces the past/present wrapper (``model``) and packs the
 codes into MatMulNBits / GatherBlockQuantized (``weights``); ``runner`` runs it in onnxruntime."""
 
-from edgepack.backends import MIB, Backend, RuntimeCost
+from edgepack.backends import MIB, Backend, ExportCost, RuntimeCost
 
 BACKEND = Backend(
     name="onnx",
@@ -15,6 +15,8 @@ BACKEND = Backend(
     # baseline was weights + KV cache + 204 MiB at 1024 tokens and + 226 MiB at 512 (prepacked MatMulNBits
     # copies, the arena), i.e. a base of about 160 MiB once the activations term is taken off.
     cost=RuntimeCost(160 * MIB, kv_grows=True),  # past/present: the cache grows with the tokens held
+    # bench-stages: SmolLM2 export 1.32 GB, parity 1.45 GB; Ministral 3 3B export 0.86x, parity 0.95x the checkpoint.
+    export_cost=ExportCost(1100 * MIB, 0.86, 1200 * MIB, 0.95),
     exporter="edgepack.backends.onnx.exporter:OnnxExporter",
     runner="edgepack.backends.onnx.runner:OnnxRunner",
     preload=("onnxruntime",),
