@@ -270,3 +270,43 @@ def test_the_example_matrix_names_the_builtin_model_wherever_the_cache_is(tiny_c
     monkeypatch.setattr(edgepack.demo, "smollm2_checkpoint", lambda: tiny_checkpoint("llama"))
     checkpoint = resolve("builtin:smollm2")
     assert checkpoint.path == tiny_checkpoint("llama") and checkpoint.spec.name == "llama"
+
+
+# Peak RSS (GiB) measured by `edgepack bench-stages` (README, "Memory"): (target, stage) -> [(parameters, peak)].
+MEASURED_PEAKS = {
+    ("onnx", "export"): [(0.135e9, 1.32), (3.43e9, 5.47)], ("onnx", "parity"): [(0.135e9, 1.45), (3.43e9, 6.09)],
+    ("coreml", "export"): [(0.135e9, 2.26), (3.43e9, 4.89)], ("coreml", "parity"): [(0.135e9, 2.36), (3.43e9, 11.81)],
+    ("executorch", "export"): [(0.135e9, 1.85), (3.43e9, 7.72)], ("executorch", "parity"): [(3.43e9, 7.92)],
+    ("mlx", "export"): [(0.135e9, 0.62), (3.43e9, 4.27)], ("mlx", "parity"): [(0.135e9, 1.31)],
+    ("gguf", "export"): [(0.135e9, 1.10), (3.43e9, 3.85)], ("gguf", "parity"): [(0.135e9, 1.32)],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("target", ["onnx", "coreml", "executorch", "mlx", "gguf"])
+def test_the_memory_estimate_covers_every_measured_peak_without_doubling_it(target):
+    """Ray schedules cells by this estimate: below a measured peak it would co-schedule cells that do not fit one
+    node; far above it, it would leave nodes idle."""
+    from edgepack.backends import get_backend
+
+    cost = get_backend(target).export_cost
+    terms = {"export": (cost.base_bytes, cost.per_weight_byte),
+             "parity": (cost.parity_base_bytes, cost.parity_per_weight_byte)}  # fmt: skip
+    for stage, (base, per_byte) in terms.items():
+        for params, peak_gib in MEASURED_PEAKS[(target, stage)]:
+            estimate = (base + per_byte * 2 * params) / (1 << 30)
+            assert peak_gib <= estimate < 2 * peak_gib + 1, (stage, params, estimate)
+            assert cost.peak(int(2 * params), parity=stage == "parity") >= estimate * (1 << 30) - 1
+
+
+def test_cell_memory_is_the_targets_estimate_for_the_models_size(tmp_path, models):
+    from edgepack.backends import get_backend
+    from edgepack.checkpoint import resolve
+    from edgepack.matrix import cell_memory
+    from edgepack.matrix.config import checkpoints
+
+    matrix = load_matrix(write_config(tmp_path, models, parity=False))
+    cells = matrix.cells()
+    memory = cell_memory(matrix, cells, checkpoints(cells))
+    llama = resolve(models["llama"]).num_parameters
+    assert memory["llama/int4-block32/onnx"] == get_backend("onnx").export_cost.peak(2 * llama, parity=False)
+    assert memory["llama/int4-block32/executorch"] > memory["llama/int4-block32/onnx"]
