@@ -172,6 +172,22 @@ def test_address_without_ray_is_refused(tmp_path, models):
     assert result.output == "error: --address: names a Ray cluster; add --executor ray\n"
 
 
+def test_a_fully_cached_matrix_starts_no_ray_cluster(tmp_path, models):
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray cluster is already up in this process")
+    config = write_config(tmp_path, models)
+    run_matrix(load_matrix(config), runner=LoggingRunner(tmp_path / "log"))
+    summary = run_matrix(load_matrix(config), runner=LoggingRunner(tmp_path / "log"), executor="ray")
+    assert summary["counts"]["cached"] == 2 and not ray.is_initialized()
+
+
+def test_builtin_models_get_a_plain_cell_name(tmp_path):
+    (tmp_path / "m.yaml").write_text(json.dumps({"models": ["builtin:smollm2"], "recipes": ["int8-weight"],
+                                                 "targets": ["onnx"]}))  # fmt: skip
+    assert [c.id for c in load_matrix(tmp_path / "m.yaml").cells()] == ["smollm2/int8-weight/onnx"]
+
+
 # --- on a real local Ray cluster (-m ray) ------------------------------------------------------------------
 
 ray_tier = pytest.mark.ray

@@ -121,7 +121,8 @@ def _source(base: Path, path: str) -> str:
 
 
 def _model_name(path: str) -> str:
-    p = Path(path.rstrip("/"))
+    """The cell's model name (a folder name under OUT/cells): ``builtin:smollm2`` -> ``smollm2``."""
+    p = Path(path.removeprefix("builtin:").rstrip("/"))
     return p.stem if p.suffix == ".gguf" else p.name
 
 

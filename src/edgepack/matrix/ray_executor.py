@@ -41,10 +41,13 @@ class RayExecutor:
         self.started = False
 
     def __enter__(self) -> RayExecutor:
+        return self
+
+    def _connect(self) -> None:
+        """Join the cluster (or start one) when there is a cell to run: a fully cached matrix needs no Ray."""
         if not self.ray.is_initialized():
             self.ray.init(**self._init_options())
             self.started = True
-        return self
 
     def __exit__(self, *exc) -> None:
         if self.started:
@@ -62,6 +65,9 @@ class RayExecutor:
 
     def check(self, jobs: list[CellJob]) -> None:
         """Refuse, before anything runs, the cells no node can hold and a multi-node cluster without a cache."""
+        if not jobs:
+            return
+        self._connect()
         nodes = self.nodes()
         largest = max((n["Resources"].get("memory", 0) for n in nodes), default=0)
         problems = [
@@ -73,12 +79,15 @@ class RayExecutor:
         cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
         problems += [f"cell {j.cell.id} asks {j.cpus} CPUs (cpus_per_cell), more than any Ray node has ({cpus:g})"
                      for j in jobs if j.cpus > cpus]  # fmt: skip
-        if len(nodes) > 1 and jobs and jobs[0].cache is None:
+        if len(nodes) > 1 and jobs[0].cache is None:
             problems.append(f"the Ray cluster has {len(nodes)} nodes: give --cache a path or URL every node reaches")
         if problems:
             raise ConfigError("--executor ray", problems)
 
     def run(self, jobs: list[CellJob], runner: Runner) -> Iterator[CellResult]:
+        if not jobs:
+            return
+        self._connect()
         ray = self.ray
         task = ray.remote(run_cell)
         refs, started = {}, time.perf_counter()
