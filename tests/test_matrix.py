@@ -310,3 +310,14 @@ def test_cell_memory_is_the_targets_estimate_for_the_models_size(tmp_path, model
     llama = resolve(models["llama"]).num_parameters
     assert memory["llama/int4-block32/onnx"] == get_backend("onnx").export_cost.peak(2 * llama, parity=False)
     assert memory["llama/int4-block32/executorch"] > memory["llama/int4-block32/onnx"]
+
+
+def test_worker_processes_print_no_library_noise(tmp_path, models):
+    """`edgepack matrix --workers 2`: the spawned workers are as quiet as the driver (no torch/torchao warnings)."""
+    config = write_config(tmp_path, models, recipes=["int8-weight"], targets=["onnx"], parity=False, max_seq_len=16)
+    proc = subprocess.run([sys.executable, "-m", "edgepack", "matrix", str(config), "--workers", "2"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("2 cells: 2 exported")
+    noise = [line for line in proc.stderr.splitlines() if "matrix:" not in line]
+    assert noise == []

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+_quiet = False
+
+
+def libraries_quieted() -> bool:
+    """Whether this process asked for quiet libraries (worker processes it spawns then ask too)."""
+    return _quiet
+
 
 def quiet_libraries() -> None:
     """Silence the progress bars and warnings of transformers/torch; edgepack reports progress itself."""
+    global _quiet
+    _quiet = True
     import logging
     import os
     import warnings

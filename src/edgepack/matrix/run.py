@@ -58,8 +58,13 @@ class LocalExecutor:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        # spawn: torch and the backends do not survive fork reliably.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        from edgepack.logs import libraries_quieted, quiet_libraries
+
+        # spawn: torch and the backends do not survive fork reliably. A spawned worker starts with the libraries'
+        # own logging: quiet it as this process was, or every worker prints torch's and torchao's import warnings.
+        quiet = quiet_libraries if libraries_quieted() else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=quiet) as pool:  # fmt: skip
             for future in as_completed([pool.submit(run_cell, job, runner) for job in jobs]):
                 yield future.result()
 
