@@ -216,8 +216,10 @@ def test_example_matrix_validates():
 
 def logging_runner(cell, out: Path, options: dict) -> dict:
     """Picklable for worker processes: logs each execution in the matrix's output folder."""
+    import torch
+
     with open(out.parents[3] / "executions.log", "a") as log:
-        log.write(f"{os.getpid()} {cell.id}\n")
+        log.write(f"{os.getpid()} {cell.id} {torch.get_num_threads()} {os.environ.get('OMP_NUM_THREADS')}\n")
     write_cell(out, cell.id)
     return {}
 
@@ -228,6 +230,8 @@ def test_worker_processes_run_each_cell_once(tmp_path, models):
     lines = (tmp_path / "out" / "executions.log").read_text().split("\n")[:-1]
     assert sorted(line.split()[1] for line in lines) == CELLS
     assert os.getpid() not in {int(line.split()[0]) for line in lines}  # ran in workers, not here
+    share = str(max(1, os.cpu_count() // 2))  # each worker its share of the cores, not one thread per core
+    assert {tuple(line.split()[2:]) for line in lines} == {(share, share)}
     assert summary["counts"]["exported"] == 8
     run_matrix(matrix, runner=logging_runner)
     assert len((tmp_path / "out" / "executions.log").read_text().split("\n")[:-1]) == 8

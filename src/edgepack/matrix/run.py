@@ -8,6 +8,7 @@ killed half-way (driver, worker or node) reruns exactly the cells that have no r
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -58,15 +59,28 @@ class LocalExecutor:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        from edgepack.logs import libraries_quieted, quiet_libraries
+        from edgepack.logs import libraries_quieted
 
-        # spawn: torch and the backends do not survive fork reliably. A spawned worker starts with the libraries'
-        # own logging: quiet it as this process was, or every worker prints torch's and torchao's import warnings.
-        quiet = quiet_libraries if libraries_quieted() else None
+        # spawn: torch and the backends do not survive fork reliably.
+        threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=quiet) as pool:  # fmt: skip
+                                 initializer=_init_worker, initargs=(threads, libraries_quieted())) as pool:  # fmt: skip
             for future in as_completed([pool.submit(run_cell, job, runner) for job in jobs]):
                 yield future.result()
+
+
+def _init_worker(threads: int, quiet: bool) -> None:
+    """A spawned worker: its share of the cores (each torch would otherwise start one thread per core: 2 workers on
+    2 cores took 138 s for a matrix 1 worker ran in 80 s), and as quiet as the driver (else every worker prints
+    torch's and torchao's import warnings)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    if quiet:
+        from edgepack.logs import quiet_libraries
+
+        quiet_libraries()
 
 
 def open_executor(executor: Executor, workers: int, address: str | None):
