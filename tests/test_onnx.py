@@ -257,8 +257,8 @@ def test_unhonoured_names_what_onnxruntime_does_instead():
     exporter = get_exporter("onnx")
     assert exporter.unhonoured(load_recipe("fp32")) == exporter.unhonoured(load_recipe("fp16")) == []
     per_channel = (
-        "{}: per-channel int8 is stored in blocks of 256 along the input dim where that dim exceeds 256 "
-        "(MatMulNBits' largest block); finer, so no less accurate"
+        "{}: per-channel int8 is stored in blocks along the input dim where that dim exceeds 256 (MatMulNBits' "
+        "largest block): the largest power of two up to 256 that divides it; finer, so no less accurate"
     )
     assert exporter.unhonoured(load_recipe("int8-weight")) == [
         per_channel.format("lm_head"),
@@ -266,8 +266,8 @@ def test_unhonoured_names_what_onnxruntime_does_instead():
     ]
     assert exporter.unhonoured(load_recipe("int4-block32")) == [
         (
-            "lm_head: int8 dynamic activations are quantized per block of 256 (the whole input dim where "
-            "shorter) inside MatMulNBits (accuracy_level=4), not per token"
+            "lm_head: int8 dynamic activations are quantized per block of up to 256 (the per-channel block above) "
+            "inside MatMulNBits (accuracy_level=4), not per token"
         ),
         per_channel.format("lm_head"),
         (
@@ -316,3 +316,38 @@ def test_smollm2_int4_answers_paris_in_onnxruntime_genai(smollm2_int4):
     print(f"genai answer: {answer!r}")
     assert "Paris" in answer.split("assistant")[-1]
     assert parity["onnx"]["top1"] >= 0.6
+
+
+@pytest.mark.parametrize("k, block", [(576, 64), (1536, 256), (2048, 256), (80, 128), (300, 256), (5120, 256)])
+def test_per_channel_blocks_divide_the_input_dim(k, block):
+    """SmolLM2's 576 in blocks of 256 padded each lm_head row by a third; 64 divides it."""
+    from edgepack.backends.onnx.exporter import _block
+    from edgepack.backends.onnx.weights import NBits
+
+    assert _block(NBits(8, None, True, None), k) == block
+
+
+def test_a_tied_table_is_stored_once_and_reads_the_same(tiny_checkpoint, tmp_path, monkeypatch):
+    """Tied embedding, int8 per row on both sides: the lookup reads the lm_head's MatMulNBits codes (Reshape and
+    Slice of its B, its scales), and computes exactly what a separately stored table computes."""
+    import onnx
+
+    import edgepack.backends.onnx.weights as weights
+    from edgepack.parity import open_runner
+
+    checkpoint_dir = tiny_checkpoint("llama", tie_word_embeddings=True, hidden_size=80)  # K=80: a padded block
+    _, shared = export(checkpoint_dir, tmp_path / "shared", "int4-block32-rtn")
+    monkeypatch.setattr(weights, "_shareable", lambda recipe: False)
+    _, apart = export(checkpoint_dir, tmp_path / "apart", "int4-block32-rtn")
+    model = onnx.load(str(tmp_path / "shared" / "onnx" / "model.onnx"), load_external_data=False)
+    lookup = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in model.graph.node if n.op_type == "MatMulNBits" and "lm_head" in n.name)
+    reshape = next(n for n in model.graph.node if n.output[0] == "m.model.embed_tokens.weight_rows")
+    assert reshape.input[0] == head.input[1] and lookup.input[2] == head.input[2]  # its B and its scales
+    assert not any(i.name.endswith("embed_tokens.weight_Q8") for i in model.graph.initializer)
+    size = {name: sum(f.stat().st_size for f in (tmp_path / name / "onnx").glob("model.onnx*")) for name in ("shared", "apart")}
+    vocab, hidden = 320, 80
+    assert size["apart"] - size["shared"] >= vocab * hidden  # the int8 table, once
+    prompt = PROMPT[:8]
+    got = [open_runner(tmp_path / name, artifact).forward(prompt) for name, artifact in (("shared", shared), ("apart", apart))]
+    assert np.array_equal(got[0], got[1])

@@ -10,8 +10,9 @@ weights are still inputs. ``attach`` turns each weight input into what its consu
   (``edgepack.codes``: computed once for every backend), or the transposed float weight;
 - ``Gather`` (the embedding table): ``GatherBlockQuantized`` rows of the code book's codes, or the float table;
 - anything else (norm weights, biases): the float tensor.
-A tied embedding read both ways keeps one float table (lm_head through a Transpose) unless the recipe quantizes
-either side, which then gets its own initializer.
+A tied embedding read both ways keeps one float table (lm_head through a Transpose); quantized alike on both sides
+(8-bit symmetric per row), the lookup reads the lm_head's MatMulNBits codes (``_shared_lookup``); otherwise each
+side gets its own initializer.
 
 MatMulNBits layout (onnxruntime contrib op): ``B`` uint8 [N, blocks, block * bits / 8] (4-bit: two codes a byte,
 low nibble first), ``scales`` [N * blocks] in the graph's float type, ``zero_points`` uint8 (4-bit packed per row)
@@ -138,14 +139,17 @@ def attach(traced: Traced, recipe, data: ExternalData, module_of, nbits_for, blo
     for name in list(traced.weights):
         weight = traced.weights.pop(name)  # released once written
         consumers = [n for n in graph.node if name in n.input]
+        embeds = [n for n in consumers if n.op_type == "Gather" and (module_of(n) or "").endswith("embed_tokens")]
+        # A tied table read both ways: the lm_head's int8 rows may serve the lookup too (``_embedding``).
+        packed: list[Packed] | None = [] if embeds and _shareable(recipe) else None
         keep_float = False
-        for node in consumers:
+        for node in sorted(consumers, key=lambda n: n.op_type != "Transpose"):  # the linear first
             if node.op_type == "Transpose":
                 keep_float |= _linear(graph, node, weight, recipe, data, module_of, nbits_for, block_for, codes_of,
-                                      traced.dtype)  # fmt: skip
-            elif node.op_type == "Gather" and (module_of(node) or "").endswith("embed_tokens"):
+                                      traced.dtype, packed)  # fmt: skip
+            elif node in embeds:
                 keep_float |= _embedding(graph, node, weight, recipe, data, block_for, codes_of, module_of(node),
-                                         traced.dtype)  # fmt: skip
+                                         traced.dtype, packed[0] if packed else None)  # fmt: skip
             else:
                 keep_float = True
         graph.input.remove(next(i for i in graph.input if i.name == name))
@@ -161,8 +165,10 @@ def _float(weight, dtype: str) -> np.ndarray:
     return weight.to(torch.float16 if dtype == "float16" else torch.float32).numpy()
 
 
-def _linear(graph, transpose, weight, recipe, data, module_of, nbits_for, block_for, codes_of, dtype) -> bool:
-    """Each MatMul reading ``Transpose(weight)``; returns True when the float weight must stay (tied, shared)."""
+def _linear(graph, transpose, weight, recipe, data, module_of, nbits_for, block_for, codes_of, dtype,
+            packed: list[Packed] | None = None) -> bool:  # fmt: skip
+    """Each MatMul reading ``Transpose(weight)``; returns True when the float weight must stay (tied, shared).
+    ``packed``: where a tied embedding may read these codes, each MatMulNBits's is appended, its scales 2-D."""
     from onnx import helper
 
     matmuls = [n for n in graph.node if transpose.output[0] in n.input and n.op_type == "MatMul"]
@@ -176,12 +182,17 @@ def _linear(graph, transpose, weight, recipe, data, module_of, nbits_for, block_
             continue
         n, k = weight.shape
         block = block_for(setting, k)
-        codes, scales, zeros = in_blocks(codes_of(module, weight, quant), block, unsigned=False)
+        book_codes = codes_of(module, weight, quant)
+        codes, scales, zeros = in_blocks(book_codes, block, unsigned=False)
         prefix = (module or matmul.name).replace("/", ".")
+        # [N * blocks], or [N, blocks] (MatMulNBits takes both) where a GatherBlockQuantized shares them
+        scales = scales.astype(np.float16 if dtype == "float16" else np.float32)
         inits = [data.tensor(f"{prefix}.weight_Q{setting.bits}", _pack_rows(codes, setting.bits, block)),
-                 data.tensor(f"{prefix}.weight_scales", scales.reshape(-1).astype(np.float16 if dtype == "float16" else np.float32))]  # fmt: skip
+                 data.tensor(f"{prefix}.weight_scales", scales if packed is not None else scales.reshape(-1))]  # fmt: skip
         if zeros is not None:
             inits.append(data.tensor(f"{prefix}.weight_zp", _pack_zero_points(zeros, setting.bits)))
+        elif packed is not None and setting.bits == 8:
+            packed.append(Packed(book_codes, block, k, inits[0].name, inits[1].name))
         graph.initializer.extend(inits)
         attrs = {"K": k, "N": n, "bits": setting.bits, "block_size": block}
         if setting.accuracy_level is not None:
@@ -202,13 +213,36 @@ def _linear(graph, transpose, weight, recipe, data, module_of, nbits_for, block_
     return False
 
 
-def _embedding(graph, gather, weight, recipe, data, block_for, codes_of, module, dtype) -> bool:
+@dataclass(frozen=True)
+class Packed:
+    """A MatMulNBits's 8-bit symmetric codes as written: what a tied embedding's lookup can read instead."""
+
+    codes: object  # the code book's Codes
+    block: int
+    k: int
+    data: str  # B: uint8 [N, blocks, block]
+    scales: str  # [N, blocks]
+
+
+def _shareable(recipe) -> bool:
+    """Embedding and lm_head quantized alike, 8-bit symmetric per row: their codes of a tied table are the same."""
+    e, h = recipe.embedding, recipe.lm_head
+    return all(q is not None and not q.is_float and q.format == "linear" for q in (e, h)) and (
+        (e.bits, e.group_size, e.symmetric) == (h.bits, h.group_size, h.symmetric) == (8, None, True)
+    )
+
+
+def _embedding(graph, gather, weight, recipe, data, block_for, codes_of, module, dtype,
+               shared: Packed | None = None) -> bool:  # fmt: skip
     """GatherBlockQuantized rows per the recipe's embedding setting; True when the float table is needed."""
     from onnx import TensorProto, helper
 
     quant = recipe.embedding
     if quant is None or quant.is_float:
         return True
+    if shared is not None and _same_codes(shared.codes, codes_of(module, weight, quant)):
+        _shared_lookup(graph, gather, shared)
+        return False
     block = block_for(NBits(quant.bits, quant.group_size, quant.symmetric, None), weight.shape[1], 1 << 16)
     codes, scales, zeros = in_blocks(codes_of(module, weight, quant), block, unsigned=True)
     codes = codes[:, : weight.shape[1]]  # the op takes the table unpadded
@@ -225,6 +259,41 @@ def _embedding(graph, gather, weight, recipe, data, block_for, codes_of, module,
     )  # fmt: skip
     _replace(graph, gather, node)
     return False
+
+
+def _same_codes(a, b) -> bool:
+    import torch
+
+    return a.bits == b.bits and a.zero is None and b.zero is None and torch.equal(a.q, b.q) and torch.equal(a.scale, b.scale)
+
+
+def _shared_lookup(graph, gather, shared: Packed) -> None:
+    """The embedding lookup on the lm_head's codes: GatherBlockQuantized over its B seen as rows [N, K] (a
+    Reshape, and a Slice where K was padded to whole blocks) with its scales. Both read initializers only, so
+    onnxruntime folds them into one constant when the session loads; the file holds the table once (SmolLM2: 28 MB
+    less). Symmetric 8-bit: no zero points, the op's default of 128 is MatMulNBits' implicit one."""
+    from onnx import helper, numpy_helper
+
+    name = gather.input[0]
+    n_blocks_k = f"{name}_rows_shape"
+    graph.initializer.append(numpy_helper.from_array(np.array([0, -1], np.int64), n_blocks_k))
+    nodes = [helper.make_node("Reshape", [shared.data, n_blocks_k], [f"{name}_rows"], name=gather.name + "_rows")]
+    rows = f"{name}_rows"
+    padded = -(-shared.k // shared.block) * shared.block
+    if padded != shared.k:
+        for suffix, value in (("starts", 0), ("ends", shared.k), ("axes", 1)):
+            graph.initializer.append(numpy_helper.from_array(np.array([value], np.int64), f"{name}_cut_{suffix}"))
+        nodes.append(helper.make_node("Slice", [rows] + [f"{name}_cut_{x}" for x in ("starts", "ends", "axes")],
+                                      [f"{name}_rows_cut"], name=gather.name + "_cut"))  # fmt: skip
+        rows = f"{name}_rows_cut"
+    nodes.append(helper.make_node(
+        "GatherBlockQuantized", [rows, gather.input[1], shared.scales], list(gather.output), name=gather.name + "_Q8",
+        domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=shared.block, bits=8,
+    ))  # fmt: skip
+    position = list(graph.node).index(gather)
+    graph.node.remove(gather)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
 
 
 def _replace(graph, old, new) -> None:
