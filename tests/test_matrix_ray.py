@@ -148,6 +148,12 @@ def test_a_second_matrix_on_the_same_cache_exports_nothing(tmp_path, models):
     assert (tmp_path / "b" / "cache" / f"{second['cells'][0]['key']}.json").is_file()  # recorded in OUT too
 
 
+def test_a_relative_cache_path_is_handed_to_workers_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = SharedStore("shared/edgepack")
+    assert store.url == f"file://{tmp_path}/shared/edgepack"
+
+
 def test_an_unknown_cache_protocol_is_one_line(tmp_path, models):
     config = write_config(tmp_path, models)
     result = CliRunner().invoke(main, ["matrix", str(config), "--cache", "nosuch://bucket/edgepack"])

@@ -129,7 +129,7 @@ def run_matrix(
     memory = cell_memory(matrix, pending, models)
     with ex:
         jobs = [CellJob(c, keys[c.id], matrix.out, _options(matrix, c), memory[c.id], matrix.config.cpus_per_cell,
-                        cache, in_place=not (shared and ex.remote_nodes)) for c in pending]  # fmt: skip
+                        shared and shared.url, in_place=not (shared and ex.remote_nodes)) for c in pending]  # fmt: skip
         ex.check(jobs)  # refuses, before any cell runs, what no node can hold
         matrix.out.mkdir(parents=True, exist_ok=True)
         for result in ex.run(jobs, runner):

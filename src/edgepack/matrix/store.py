@@ -70,9 +70,10 @@ class SharedStore:
             self.fs, self.root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as exc:  # an unknown protocol, or its package (s3fs, gcsfs) missing
             raise ConfigError("--cache", [f"cannot open {url}: {exc}"]) from None
-        self.url = url
         self.root = self.root.rstrip("/")
         self.local = "file" in _protocols(self.fs)
+        # what workers reopen it with: a local path made absolute, so a worker in another folder finds it too
+        self.url = f"file://{self.root}" if self.local else url
 
     def lookup(self, key: str) -> dict | None:
         path = f"{self.root}/{RECORDS}/{key}.json"
