@@ -44,10 +44,10 @@ class LoggingRunner:
     """Writes a cell's folder atomically and logs each execution (pid, cell) to a file every process appends to.
 
     ``die_once``: the worker running that cell's first attempt exits at once (a node lost mid-cell), after writing
-    half its folder. ``sleep``: seconds each cell takes."""
+    half its folder; ``die_always``: every attempt does. ``sleep``: seconds each cell takes."""
 
-    def __init__(self, log: Path, die_once: str | None = None, sleep: float = 0.0):
-        self.log, self.die_once, self.sleep = str(log), die_once, sleep
+    def __init__(self, log: Path, die_once: str | None = None, sleep: float = 0.0, die_always: str | None = None):
+        self.log, self.die_once, self.sleep, self.die_always = str(log), die_once, sleep, die_always
 
     def __call__(self, cell, out: Path, options: dict) -> dict:
         with open(self.log, "a") as log:
@@ -56,7 +56,7 @@ class LoggingRunner:
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "cell.txt").write_text(cell.id)
         flag = Path(self.log + f".{cell.id.replace('/', '_')}.died")
-        if cell.id == self.die_once and not flag.exists():
+        if cell.id == self.die_once and not flag.exists() or cell.id == self.die_always:
             flag.touch()
             os._exit(1)
         time.sleep(self.sleep)
@@ -250,6 +250,33 @@ def test_ray_with_a_shared_cache_and_a_dead_worker(tmp_path, models, ray_cluster
     rerun = run_matrix(load_matrix(write_config(tmp_path, models, out="again")), runner=runner, executor="ray",
                        cache=cache)  # fmt: skip
     assert rerun["counts"]["cached"] == 2 and len(executions(log)) == 3
+
+
+@ray_tier
+def test_a_cell_whose_worker_dies_every_time_fails_alone(tmp_path, models, ray_cluster):
+    """Past Ray's retries the cell is a failed row (not cached: the next run tries it again); the other cell lands."""
+    from edgepack.matrix.ray_executor import RETRIES
+
+    log = tmp_path / "log"
+    runner = LoggingRunner(log, die_always="qwen/int8-weight/onnx")
+    summary = run_matrix(load_matrix(write_config(tmp_path, models)), runner=runner, executor="ray")
+    rows = {r["cell"]: r for r in summary["cells"]}
+    assert rows["llama/int8-weight/onnx"]["status"] == "exported"
+    assert rows["qwen/int8-weight/onnx"]["status"] == "failed"
+    assert "Error" in rows["qwen/int8-weight/onnx"]["error"]
+    assert executions(log).count("qwen/int8-weight/onnx") == 1 + RETRIES
+    failed = rows["qwen/int8-weight/onnx"]
+    assert not (tmp_path / "out" / failed["out"]).exists()  # only the dead attempts' own temporary folder
+    assert not (tmp_path / "out" / "cache" / f"{failed['key']}.json").exists()
+
+
+@ray_tier
+def test_a_cell_asking_more_cpus_than_any_node_is_refused(tmp_path, models, ray_cluster):
+    with pytest.raises(ConfigError) as info:
+        run_matrix(load_matrix(write_config(tmp_path, models, cpus_per_cell=3)), runner=LoggingRunner(tmp_path / "l"),
+                   executor="ray")  # fmt: skip
+    assert info.value.problems[0] == "cell llama/int8-weight/onnx asks 3 CPUs (cpus_per_cell), more than any Ray node has (2)"
+    assert not (tmp_path / "l").exists()
 
 
 def _sha(data: bytes) -> str:

@@ -9,12 +9,14 @@ permission, disk full, read-only file system) become one line naming the output.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from edgepack.errors import EdgepackError
 
@@ -46,6 +48,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Replace ``path`` with ``text`` whole: readers (and concurrent writers) never see half a file."""
+    tmp = sibling(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def remove_stale(out: Path, say: Callable[[str], None] = lambda m: None) -> list[Path]:

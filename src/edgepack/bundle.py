@@ -19,7 +19,8 @@ from pathlib import Path
 from edgepack.atomic import atomic_dir
 from edgepack.backends import platform_targets, runtime_names
 from edgepack.errors import ManifestError, ParityError, VerifyError
-from edgepack.manifest import MANIFEST_FILE, read_manifest, validate_manifest, write_json_atomic
+from edgepack.atomic import write_json
+from edgepack.manifest import MANIFEST_FILE, read_manifest, validate_manifest
 
 EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry can hold
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -152,7 +153,7 @@ def _write_platform(root: Path, manifest: dict, platform: str, tmp: Path) -> Bun
     for rel in sorted(set(rels)):
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / rel, folder / rel)
-    write_json_atomic(folder / MANIFEST_FILE, narrowed)
+    write_json(folder / MANIFEST_FILE, narrowed)
     _normalise(folder)
     files = _zip(folder, tmp / f"{platform}.zip")
     size = sum((folder / f).stat().st_size for f in files)

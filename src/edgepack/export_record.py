@@ -8,12 +8,12 @@ so an edited or foreign file fails with one message instead of a KeyError deep i
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
+from edgepack.atomic import write_text
 from edgepack.config import Strict, read_data, validate
 from edgepack.errors import ArtifactError, ConfigError
 
@@ -99,11 +99,7 @@ class ExportRecord(Strict):
             raise ArtifactError(f"{exc} -- not an edgepack export record; export again.") from None
 
     def write(self, folder: str | Path) -> Path:
-        path = Path(folder) / EXPORT_FILE
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)  # readers never see half a record
-        return path
+        return write_text(Path(folder) / EXPORT_FILE, self.model_dump_json(indent=2) + "\n")
 
     def with_codes(self, codes: dict[str, dict]) -> ExportRecord:
         return self.model_copy(update={"codes": {k: CodesRecord.model_validate(v) for k, v in codes.items()}})

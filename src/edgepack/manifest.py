@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from edgepack import __version__
+from edgepack.atomic import write_json
 from edgepack.errors import ArtifactError, ManifestError
 from edgepack.export_record import ExportRecord
 from edgepack.backends import ARTIFACT_FILE, Artifact
@@ -179,14 +179,9 @@ def write_manifest(export_root: str | Path, fallback=None, devices=None) -> Path
     """Build, validate and write ``export_root/manifest.json`` atomically; returns its path."""
     root = Path(export_root)
     manifest = build_manifest(root, fallback, devices)
-    return write_json_atomic(root / MANIFEST_FILE, manifest)
+    return write_json(root / MANIFEST_FILE, manifest)
 
 
-def write_json_atomic(path: Path, data: Any) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def _read_json(path: Path, hint: str) -> dict:
@@ -278,7 +273,7 @@ def refresh_parity(export_root: str | Path) -> Path | None:
         if latest is not None:
             artifact["parity"] = latest
     validate_manifest(manifest, str(path))
-    return write_json_atomic(path, manifest)
+    return write_json(path, manifest)
 
 
 def _model(ckpt: dict) -> dict:

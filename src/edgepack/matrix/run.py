@@ -26,7 +26,8 @@ from edgepack.matrix.config import (
     recipe_ref,
     select,
 )
-from edgepack.matrix.store import FolderStore, SharedStore, write_json
+from edgepack.atomic import write_json
+from edgepack.matrix.store import FolderStore, SharedStore
 
 Executor = Literal["local", "ray"]
 

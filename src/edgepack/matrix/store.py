@@ -16,23 +16,14 @@ files; the last record wins.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from pathlib import Path
-from typing import Any
 
-from edgepack.atomic import atomic_dir
+from edgepack.atomic import atomic_dir, write_json
 from edgepack.errors import ConfigError, ExportError
 
 RECORDS = "cache"
 OBJECTS = "objects"
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` whole or not at all (a temporary sibling renamed into place)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 class FolderStore:
@@ -40,10 +31,6 @@ class FolderStore:
 
     def __init__(self, out: Path):
         self.out = Path(out)
-
-    @property
-    def url(self) -> None:
-        return None  # what workers are given to reopen it: nothing, they write into OUT directly
 
     def lookup(self, key: str) -> dict | None:
         path = self.out / RECORDS / f"{key}.json"

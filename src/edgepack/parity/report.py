@@ -4,10 +4,10 @@ artifact and metric, for CI dashboards) and parity.md (for a person)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from edgepack.atomic import write_text
 from edgepack.manifest import PARITY_FILE
 from edgepack.parity.metrics import METRICS, THRESHOLDS
 
@@ -18,9 +18,7 @@ def write_reports(root: Path, report) -> None:
     """parity.json, .junit.xml and .md, each replaced atomically (a reader never sees half a report)."""
     for name, text in ((JSON_FILE, json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n"),
                        (JUNIT_FILE, junit(report)), (MARKDOWN_FILE, markdown(report))):  # fmt: skip
-        tmp = root / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, root / name)
+        write_text(root / name, text)
 
 
 def junit(report) -> str:
