@@ -8,7 +8,10 @@ Program interface: ``forward(input_ids [1, n], cache_position [n]) -> logits [1,
 ``request.prefill_chunk`` (128 by default): a prompt is prefilled in chunks, decoding feeds one token at a time.
 Bounding n bounds the activations ExecuTorch's memory planner reserves (it plans for the largest n: with n up to
 max_seq_len, SmolLM2's logits alone would take 400 MB at 2048 positions). The KV cache lives in mutable
-buffers serialized as zeros (device runtimes need not zero their memory). A sliding window is applied by a mask
+buffers the memory planner places in the method's planned memory; they are not serialized (at 2048 positions a
+zero cache would be 94 MB of SmolLM2's .pte), as in ExecuTorch's own ``export_llm``: the runtime's ``Module``
+allocates planned memory zero-filled, and a runner with its own allocator must zero it too (the fused SDPA
+multiplies not-yet-written cache rows by zero weights, so garbage there could be NaN). A sliding window is applied by a mask
 over the full-length cache. Constant methods carry what the runner needs (``constant_methods``), with the LLM
 runner's meaning: ``get_max_seq_len`` is the most tokens per call, ``get_max_context_len`` the cache length.
 
@@ -58,7 +61,7 @@ class ExecuTorchExporter:
         return {
             "inputs": d.get("inputs", []),
             "outputs": d.get("outputs", []),
-            # inside the program, one buffer per layer (k_cache_0, ...), zeroed when the program loads
+            # inside the program, one buffer per layer (k_cache_0, ...), in planned memory the runtime zero-fills
             "states": [{"name": f"{b}_<layer>", "dtype": dtype,
                         "shape": [1, cache.get("positions"), "num_kv_heads", "head_dim"]}
                        for b in cache.get("buffers", [])],
@@ -136,14 +139,11 @@ def _tag_constants(graph_module) -> None:
 
 
 def lower_to_pte(program, metadata: dict, path: Path, external: bool = False) -> int:
-    """Lower to XNNPACK, serialize with a zero-initialized KV cache, write ``path`` (and ``model.ptd`` beside it when
+    """Lower to XNNPACK, serialize (the KV cache as planned memory, no contents), write ``path`` (and ``model.ptd`` beside it when
     ``external``); return the .pte's size in bytes."""
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS, GeluConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
-    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
-
-    from edgepack.backends.executorch.model import CACHE_BUFFERS
 
     # XNNPACK computes erf GELU even for approximate="tanh" (Gemma's gelu_pytorch_tanh: 5e-4 off, measured);
     # the portable kernel honours the approximation.
@@ -158,7 +158,6 @@ def lower_to_pte(program, metadata: dict, path: Path, external: bool = False) ->
             )
         # Quant fusion turns torchao's dequantize+embedding into ExecuTorch's quantized embedding kernels.
         config = ExecutorchBackendConfig(
-            passes=[InitializedMutableBufferPass(list(CACHE_BUFFERS))],
             do_quant_fusion_and_const_prop=True,
             external_constants=(lambda node: Path(PTD_FILE).stem) if external else False,
         )
@@ -240,7 +239,8 @@ def _details(config, request: ExportRequest, metadata: dict, size: int, external
         "kv_cache": {
             "positions": request.max_seq_len,
             "layout": "[1, positions, kv_heads, head_dim]",
-            "zero_initialized": True,
+            "serialized": False,  # planned memory, zero-filled at load by the runtime's Module
+            "zero_filled_by": "runtime",
             "buffers": list(CACHE_BUFFERS),
         },
         "constant_methods": metadata,

@@ -27,7 +27,7 @@ from edgepack.facts import ModelFacts
 
 ATTENTION = "edgepack_executorch"  # the AttentionInterface name; registered with no mask function, so
 # transformers builds no mask at all (the attention below knows the positions itself)
-CACHE_BUFFERS = ("k_cache", "v_cache")  # buffer name prefixes: zero-initialised in the .pte
+CACHE_BUFFERS = ("k_cache", "v_cache")  # buffer name prefixes (planned memory, not serialized)
 
 
 def load_custom_ops() -> None:

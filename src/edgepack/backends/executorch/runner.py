@@ -2,8 +2,8 @@
 most the program's ``prefill_chunk`` tokens.
 
 ``reset`` loads the program afresh: the KV cache lives in the method's planned memory, which the runtime
-initializes from the program (zeros) only when the program is loaded; re-loading a method of the same program
-reuses its memory arena and the previous prompt's cache.
+allocates zero-filled only when the program is loaded; re-loading a method of the same program reuses its memory
+arena and the previous prompt's cache.
 """
 
 from __future__ import annotations
