@@ -20,6 +20,9 @@ def quiet_libraries() -> None:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Some libraries use tqdm directly (transformers' GGUF reader: "Converting and de-quantizing GGUF tensors",
+    # shown on make demo's first run); tqdm reads TQDM_* variables at each bar.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore")
     # torch sets its own loggers' levels when it is imported (torch._logging), so import it first; torchao's
     # import then logs its pytree deprecations at a level that is dropped.
