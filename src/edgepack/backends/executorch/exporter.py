@@ -37,9 +37,12 @@ PTE_FILE = "model.pte"
 PTD_FILE = "model.ptd"
 EXTERNAL_DATA_BYTES = 1_800_000_000  # estimated weight bytes past which they go to model.ptd (2 GiB, with room)
 MIN_RUNTIME = "executorch 1.5"
-# XNNPACK lowering, measured on a 2-core x86 host: ~13 s per decoder layer for SmolLM2 (30 layers), ~15 s for
-# Ministral 3 3B (26). Its time follows the layer count (one partition per op), not the weights' size.
+# XNNPACK lowering, measured on a 2-core x86 host: ~13 s per decoder layer for SmolLM2 (30 layers) and ~15 s for
+# Ministral 3 3B (26) with symmetric codes; ~32 s per layer since asymmetric codes add a correction linear per
+# linear (SmolLM2 cut to 6 layers: 193 s; the whole model: over 1,000 s, 2026-12-02). Its time follows the node
+# count (ExecuTorch's passes re-trace every partition with fake tensors), not the weights' size.
 LOWER_S_PER_LAYER = 14.0
+LOWER_S_PER_LAYER_ZERO_POINTS = 32.0
 EXAMPLE_LEN = 2  # example prefill length for tracing (not 0 or 1, which torch.export specializes on)
 
 
@@ -81,7 +84,7 @@ class ExecuTorchExporter:
         external = weights_outside(model.config, recipe)
         request.progress(f"torch.export with a KV cache of {request.max_seq_len} positions")
         program = export_program(model, request.max_seq_len, prefill_chunk(request))
-        estimate = LOWER_S_PER_LAYER * model.config.num_hidden_layers
+        estimate = _lowering_estimate(model.config, recipe)
         request.progress(f"lowering to XNNPACK (the slow stage: ~{estimate / 60:.0f} min on 2 cores)"
                          + (f", weights to {PTD_FILE}" if external else ""))  # fmt: skip
         with heartbeat(request.progress, "lowering to XNNPACK", estimate):
@@ -96,6 +99,13 @@ class ExecuTorchExporter:
             unhonoured=unhonoured,
             details=_details(model.config, request, metadata, size, external),
         )
+
+
+def _lowering_estimate(config, recipe) -> float:
+    """Seconds XNNPACK's lowering is expected to take on a 2-core host (what the heartbeat says)."""
+    zero_points = any(not q.is_float and not q.symmetric for q in _quants(recipe))
+    per_layer = LOWER_S_PER_LAYER_ZERO_POINTS if zero_points else LOWER_S_PER_LAYER
+    return per_layer * config.get_text_config().num_hidden_layers
 
 
 def prefill_chunk(request: ExportRequest) -> int:
