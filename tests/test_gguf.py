@@ -8,8 +8,6 @@ every tiny architecture against eager, and SmolLM2 answering a question.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -430,15 +428,3 @@ def test_a_dead_llama_cpp_process_is_one_clear_error(llama_cpp, tiny_checkpoint,
     with pytest.raises(ArtifactError, match="llama.cpp's process ended"):
         runner.forward(PROMPT[:1])
 
-
-def test_exporting_a_gguf_file_shows_no_library_progress_bar(exports, tmp_path):
-    """A .gguf input is converted by transformers' GGUF reader, which draws its own tqdm bar ("Converting and
-    de-quantizing GGUF tensors..."): edgepack reports progress itself, so that bar stays hidden."""
-    _, artifact, root = exports("llama")
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "edgepack", "export", str(root / artifact.path), "--recipe", "fp32",
-                           "--target", "onnx", "--no-parity", "--out", str(out), "--max-seq-len", "32"],
-                          capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert "load: resolving" in proc.stderr  # edgepack's own progress is there
-    assert "Converting" not in proc.stderr and "it/s]" not in proc.stderr
