@@ -427,4 +427,3 @@ def test_a_dead_llama_cpp_process_is_one_clear_error(llama_cpp, tiny_checkpoint,
     runner.proc.kill()
     with pytest.raises(ArtifactError, match="llama.cpp's process ended"):
         runner.forward(PROMPT[:1])
-

@@ -11,8 +11,8 @@ max_seq_len, SmolLM2's logits alone would take 400 MB at 2048 positions). The KV
 buffers the memory planner places in the method's planned memory; they are not serialized (at 2048 positions a
 zero cache would be 94 MB of SmolLM2's .pte), as in ExecuTorch's own ``export_llm``: the runtime's ``Module``
 allocates planned memory zero-filled, and a runner with its own allocator must zero it too (the fused SDPA
-multiplies not-yet-written cache rows by zero weights, so garbage there could be NaN). A sliding window is applied by a mask
-over the full-length cache. Constant methods carry what the runner needs (``constant_methods``), with the LLM
+multiplies not-yet-written cache rows by zero weights, so garbage there could be NaN). A sliding window is applied
+by a mask over the full-length cache. Constant methods carry what the runner needs (``constant_methods``), with the LLM
 runner's meaning: ``get_max_seq_len`` is the most tokens per call, ``get_max_context_len`` the cache length.
 
 Weights past ``EXTERNAL_DATA_BYTES`` (a 4B model's) go to ``model.ptd`` beside the program (executorch#1858: a
@@ -149,8 +149,8 @@ def _tag_constants(graph_module) -> None:
 
 
 def lower_to_pte(program, metadata: dict, path: Path, external: bool = False) -> int:
-    """Lower to XNNPACK, serialize (the KV cache as planned memory, no contents), write ``path`` (and ``model.ptd`` beside it when
-    ``external``); return the .pte's size in bytes."""
+    """Lower to XNNPACK, serialize (the KV cache as planned memory, no contents), write ``path`` (and ``model.ptd``
+    beside it when ``external``); return the .pte's size in bytes."""
     from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS, GeluConfig
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
