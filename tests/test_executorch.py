@@ -173,8 +173,8 @@ def test_constant_methods_for_the_llm_runner(exported, arch, overrides, window):
 
 
 def test_kv_cache_is_planned_memory_not_serialized(exported):
-    """The KV cache buffers are planned memory with no contents in the file (a zero cache of SmolLM2 at 2048
-    positions would be 94 MB of its .pte); the runtime zero-fills them at load, which the parity tests rely on."""
+    """The KV cache buffers are planned memory with no contents in the file; the runtime zero-fills them at load,
+    which the parity tests rely on."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
     root, artifact, _ = exported("llama", {}, "fp32")
